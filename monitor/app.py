@@ -1,0 +1,173 @@
+"""Composition root: registry, metrics, logging, supervisor and HTTP; signals; shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, disable_created_metrics
+
+from . import config as config_mod
+from .config import Config, ConfigError, parse_listen
+from .exposition import build_app
+from .log import Logging
+from .metrics import Metrics
+from .supervisor import Supervisor
+
+SHUTDOWN_CLOSE_CODE = 1001  # going away
+
+
+class Daemon:
+    """The running monitor: three visible steps, `start()`, serve until told, `stop()`."""
+
+    def __init__(
+        self,
+        config: Config,
+        logging: Logging,
+        *,
+        config_path: str | Path | None = None,
+        listen: str | None = None,
+        log_level: str | None = None,
+        registry: CollectorRegistry | None = None,
+        rng: random.Random | None = None,
+        stop_timeout: float = 4.0,
+    ) -> None:
+        self.config = config
+        self.logging = logging
+        self.log = logging.logger
+        self.config_path = config_path
+        self.listen_override = listen
+        self.log_level_override = log_level
+        # `_created` series would double the series count for no alerting value.
+        disable_created_metrics()
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.metrics = Metrics(self.registry)
+        self.rng = rng
+        self.stop_timeout = stop_timeout
+        self.http: aiohttp.ClientSession | None = None
+        self.supervisor: Supervisor | None = None
+        self._runner: web.AppRunner | None = None
+        self._reload_lock = asyncio.Lock()
+        self.port = 0
+
+    # --- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on HTTP, then start every target."""
+        self.http = aiohttp.ClientSession(
+            # The default limit of 100 would silently stall the 101st WebSocket.
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+        )
+        self.supervisor = Supervisor(
+            self.http, self.metrics, self.log, self.rng, stop_timeout=self.stop_timeout
+        )
+        host, port = parse_listen(self.listen_override or self.config.listen)
+        self._runner = web.AppRunner(
+            build_app(self.registry, self._readiness), access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
+        await site.start()
+        sockets = self._runner.addresses
+        self.port = int(sockets[0][1]) if sockets else port
+        self.logging.redactor.secrets |= self.config.secrets
+        await self.supervisor.apply(self.config)
+        self._loaded()
+        self.log.info(
+            "config.loaded",
+            source=self.config.source,
+            targets=len(self.config.targets),
+            listen=f"{host}:{self.port}",
+        )
+
+    @property
+    def metrics_url(self) -> str:
+        host, _ = parse_listen(self.listen_override or self.config.listen)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        return f"http://{shown}:{self.port}/metrics"
+
+    def _readiness(self) -> tuple[bool, str]:
+        if self.supervisor is None:
+            return False, "starting"
+        waiting = self.supervisor.pending()
+        if waiting:
+            return False, "waiting for first attempt: " + ", ".join(sorted(waiting)[:20])
+        return True, f"ready: {len(self.supervisor.runners)} targets"
+
+    def _loaded(self) -> None:
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_ts.set(time.time())
+
+    # --- reload ---------------------------------------------------------------------------
+
+    async def reload(self, new: Config | None = None) -> bool:
+        """Apply a new config (re-read from the file by default); a bad one changes nothing."""
+        async with self._reload_lock:
+            if new is None:
+                if self.config_path is None:
+                    return False
+                try:
+                    new = config_mod.load(self.config_path)
+                except ConfigError as exc:
+                    self.metrics.reload_ok.set(0)
+                    self.log.error("config.reload_failed", source=exc.source, problems=exc.problems)
+                    return False
+            assert self.supervisor is not None
+            self.logging.redactor.secrets |= new.secrets
+            self.logging.level.level = self.log_level_override or new.log.level
+            changes = await self.supervisor.apply(new)
+            self.config = new
+            self._loaded()
+            self.log.info("config.loaded", source=new.source, targets=len(new.targets), **changes)
+            return True
+
+    # --- stop -----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Close every connection with 1001 and release sockets; bounded in time."""
+        if self.supervisor is not None:
+            await self.supervisor.stop(SHUTDOWN_CLOSE_CODE)
+        if self.http is not None:
+            await self.http.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.log.info("shutdown.complete")
+
+
+async def serve(daemon: Daemon, announce: str | None = None) -> int:
+    """Run `daemon` until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await daemon.start()
+        if announce:
+            print(announce.format(metrics_url=daemon.metrics_url), flush=True)
+        await stopping.wait()
+        daemon.log.info("shutdown.started")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        for task in reloads:
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
+        await daemon.stop()
+    return 0

@@ -1,0 +1,92 @@
+"""Command line: parse arguments and hand over to the app; nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from . import config as config_mod
+from .app import Daemon, serve
+from .config import ConfigError
+from .log import LEVELS, Logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wsmon",
+        description="Keep WebSocket connections open, probe them, export Prometheus metrics.",
+    )
+    p.add_argument("--version", action="version", version=f"wsmon {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def daemon_flags(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--listen", metavar="HOST:PORT", help="HTTP address for /metrics")
+        cmd.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+        cmd.add_argument("--log-level", choices=LEVELS, type=str.lower, default=None)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", required=True, metavar="FILE", help="YAML configuration")
+    daemon_flags(run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", metavar="FILE")
+
+    demo = sub.add_parser("demo", help="monitor an embedded simulated Deriv-style API")
+    daemon_flags(demo)
+    return p
+
+
+def _check(path: str) -> int:
+    try:
+        cfg = config_mod.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}")
+        return 1
+    probes = sum(len(t.probes) for t in cfg.targets)
+    print(f"{path}: OK: {len(cfg.targets)} targets, {probes} probes, listen {cfg.listen}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        log = Logging(args.log_format or "auto", "info").logger
+        log.error("config.invalid", source=exc.source, problems=exc.problems)
+        return 1
+    logging = Logging(
+        args.log_format or cfg.log.format, args.log_level or cfg.log.level, secrets=cfg.secrets
+    )
+    daemon = Daemon(
+        cfg, logging, config_path=args.config, listen=args.listen, log_level=args.log_level
+    )
+    return _serve(daemon, None)
+
+
+def _serve(daemon: Daemon, announce: str | None) -> int:
+    try:
+        return asyncio.run(serve(daemon, announce))
+    except OSError as exc:  # e.g. the listen address is taken
+        daemon.log.error("startup.failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check(args.file)
+    if args.command == "run":
+        return _run(args)
+    from .demo import run_demo
+
+    return run_demo(args.listen, args.log_format, args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Typed, validated configuration: load(path) -> Config, or ConfigError listing every problem."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+DEFAULT_LISTEN = "127.0.0.1:9815"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_ENV_RE = re.compile(r"\$\{([^}]*)\}")
+_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+# Query parameters and header names whose values are credentials and must never be logged.
+SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "authorization", "auth", "cookie")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` holds one `path: reason` line each."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(problems))
+
+
+def parse_duration(value: Any) -> float:
+    """Turn `250ms`, `5s`, `2m`, `1h` or a bare number of seconds into seconds."""
+    if isinstance(value, bool):
+        raise ValueError("invalid duration: expected e.g. 250ms, 5s, 2m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"invalid duration {value!r}: expected e.g. 250ms, 5s, 2m, 1h")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"invalid duration {value!r}: must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReconnectConfig(_Strict):
+    """Exponential backoff with full jitter between connection attempts."""
+
+    initial_delay: Duration = 1.0
+    max_delay: Duration = 60.0
+    multiplier: float = Field(default=2.0, ge=1.0)
+    # A connection must stay up this long before the backoff starts again from initial_delay.
+    reset_after: Duration = 30.0
+
+
+class ProbeConfig(_Strict):
+    """One periodic probe on a target's connection."""
+
+    name: str
+    kind: Literal["message", "ws-ping"] = "message"
+    send: dict[str, Any] | None = Field(default=None, validate_default=True)
+    expect: dict[str, Any] | None = None
+    interval: Duration = 30.0
+    timeout: Duration = 5.0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("send")
+    @classmethod
+    def _send(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        kind = info.data.get("kind", "message")
+        if kind == "message" and not v:
+            raise ValueError("a message probe needs `send` (the JSON object to send)")
+        if kind == "ws-ping" and v is not None:
+            raise ValueError("a ws-ping probe sends a protocol ping frame and takes no `send`")
+        return v
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if info.data.get("kind") == "ws-ping" and v is not None:
+            raise ValueError("a ws-ping probe is answered by a pong frame and takes no `expect`")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float, info: ValidationInfo) -> float:
+        interval = info.data.get("interval")
+        if interval is not None and v >= interval:
+            raise ValueError(f"timeout ({v:g}s) must be shorter than interval ({interval:g}s)")
+        return v
+
+
+def _default_probes() -> list[ProbeConfig]:
+    return [ProbeConfig(name="ping", send={"ping": 1}, expect={"msg_type": "ping"}, interval=30.0)]
+
+
+class TargetSettings(_Strict):
+    """Keys that may be set in `defaults` and overridden per target."""
+
+    connect_timeout: Duration = 10.0
+    # Closing handshake wait before the TCP connection is dropped anyway.
+    close_timeout: Duration = 2.0
+    correlation_field: str | None = "req_id"
+    reconnect: ReconnectConfig = ReconnectConfig()
+    probes: list[ProbeConfig] = Field(default_factory=_default_probes)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Consecutive probe timeouts after which the connection is declared dead and closed.
+    dead_after_timeouts: int = Field(default=2, ge=1)
+    max_msg_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+    @field_validator("probes")
+    @classmethod
+    def _unique_probes(cls, v: list[ProbeConfig]) -> list[ProbeConfig]:
+        seen: set[str] = set()
+        for p in v:
+            if p.name in seen:
+                raise ValueError(f"duplicate probe name {p.name!r}")
+            seen.add(p.name)
+        return v
+
+
+class TargetConfig(TargetSettings):
+    """One monitored WebSocket endpoint."""
+
+    name: str
+    url: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"URL scheme must be ws or wss, not {parts.scheme or 'missing'!r}")
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        return v
+
+
+class LogConfig(_Strict):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class _RawConfig(_Strict):
+    listen: str = DEFAULT_LISTEN
+    log: LogConfig = LogConfig()
+    # Handshakes in flight at once, across all targets (protects against reconnect storms).
+    max_concurrent_handshakes: int = Field(default=50, ge=1)
+    defaults: TargetSettings = TargetSettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, valid configuration; targets carry their defaults already merged in."""
+
+    listen: str
+    log: LogConfig
+    max_concurrent_handshakes: int
+    targets: tuple[TargetConfig, ...]
+    # Strings that must never appear in logs or output (header values, credential parameters,
+    # values taken from the environment).
+    secrets: frozenset[str]
+    source: str = ""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 as `[::1]:9815`)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid listen address {value!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+# --- YAML --------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        what = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([f"{where}: YAML syntax error: {what}"], source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"YAML syntax error: {exc}"], source) from None
+
+
+# --- ${VAR} expansion ----------------------------------------------------------------------
+
+
+def _expand_env(
+    node: Any, path: str, env: Mapping[str, str], problems: list[str], used: set[str]
+) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            var = m.group(1)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                problems.append(f"{path or '<root>'}: invalid variable reference ${{{var}}}")
+                return m.group(0)
+            if var not in env:
+                problems.append(f"{path or '<root>'}: environment variable {var!r} is not set")
+                return m.group(0)
+            if env[var]:
+                used.add(env[var])
+            return env[var]
+
+        return _ENV_RE.sub(sub, node)
+    if isinstance(node, dict):
+        return {
+            k: _expand_env(v, _join(path, str(k)), env, problems, used) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", env, problems, used) for i, v in enumerate(node)]
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --- error formatting ----------------------------------------------------------------------
+
+
+def _format_loc(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+    return path
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class whose field set applies at `loc` (to suggest the right key names)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        # Union members add their own name to the location; drop those for a readable path.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        path = _format_loc(prefix, loc)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            names = list(parent.model_fields) if parent else []
+            hint = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+            msg = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"]
+            for lead in ("Value error, ", "Assertion failed, "):
+                msg = msg.removeprefix(lead)
+        problems.append(f"{path}: {msg}" if path else msg)
+    return problems
+
+
+# --- merging defaults into targets -----------------------------------------------------------
+
+
+def _merge(primary: BaseModel, fallback: BaseModel) -> dict[str, Any]:
+    """Field values of `primary` where it set them explicitly, else those of `fallback`."""
+    out: dict[str, Any] = {}
+    for name in type(fallback).model_fields:
+        mine = getattr(primary, name)
+        theirs = getattr(fallback, name)
+        if name not in primary.model_fields_set:
+            out[name] = theirs
+        elif isinstance(mine, BaseModel) and isinstance(theirs, BaseModel):
+            out[name] = type(theirs).model_validate(_merge(mine, theirs))
+        else:
+            out[name] = mine
+    return out
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate configuration text; raise ConfigError with every problem found."""
+    data = _parse_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            ["<root>: expected a mapping of keys (listen, defaults, targets)"], source
+        )
+    problems: list[str] = []
+    used_env: set[str] = set()
+    data = _expand_env(data, "", os.environ if env is None else env, problems, used_env)
+
+    raw_targets = data.pop("targets", None)
+    try:
+        raw = _RawConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_format_errors(exc, _RawConfig, ""))
+        raw = _RawConfig()  # keep going: the targets' own problems are reported too
+    if raw_targets is None:
+        raw_targets = []
+    if not isinstance(raw_targets, list):
+        problems.append("targets: expected a list of targets")
+        raw_targets = []
+
+    targets: list[TargetConfig] = []
+    names: dict[str, int] = {}
+    problems.extend(_check_reconnect(raw.defaults.reconnect, "defaults.reconnect"))
+    if not raw_targets and not problems:
+        problems.append("targets: at least one target is required")
+    for i, item in enumerate(raw_targets):
+        if not isinstance(item, dict):
+            problems.append(f"targets[{i}]: expected a mapping with name, url and options")
+            continue
+        try:
+            partial = TargetConfig.model_validate(item)
+        except ValidationError as exc:
+            problems.extend(_format_errors(exc, TargetConfig, f"targets[{i}]"))
+            continue
+        merged = _merge(partial, raw.defaults)
+        target = TargetConfig.model_validate({**merged, "name": partial.name, "url": partial.url})
+        if "reconnect" in partial.model_fields_set:
+            problems.extend(_check_reconnect(target.reconnect, f"targets[{i}].reconnect"))
+        if target.name in names:
+            problems.append(
+                f"targets[{i}].name: duplicate target name {target.name!r} "
+                f"(first used by targets[{names[target.name]}])"
+            )
+        else:
+            names[target.name] = i
+        targets.append(target)
+
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(
+        listen=raw.listen,
+        log=raw.log,
+        max_concurrent_handshakes=raw.max_concurrent_handshakes,
+        targets=tuple(targets),
+        secrets=frozenset(used_env | _target_secrets(targets)),
+        source=source,
+    )
+
+
+def _check_reconnect(r: ReconnectConfig, path: str) -> list[str]:
+    # Checked after defaults are merged: either bound may come from `defaults`.
+    if r.max_delay < r.initial_delay:
+        return [
+            f"{path}.max_delay: must be >= initial_delay ({r.max_delay:g}s < {r.initial_delay:g}s)"
+        ]
+    return []
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML file at `path`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config: {exc.strerror or exc}"], source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"cannot read config: not UTF-8 ({exc.reason})"], source) from None
+    return loads(text, source, env)
+
+
+def looks_secret(name: str) -> bool:
+    """True for header or parameter names that usually carry credentials."""
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def _target_secrets(targets: list[TargetConfig]) -> set[str]:
+    found: set[str] = set()
+    for t in targets:
+        found.update(v for v in t.headers.values() if v)
+        parts = urlsplit(t.url)
+        if parts.password:
+            found.add(parts.password)
+        found.update(v for k, v in parse_qsl(parts.query) if v and looks_secret(k))
+    # Very short values would redact ordinary words in every log line; they are still kept
+    # out of URLs and headers by the structural redaction in log.py.
+    return {s for s in found if len(s) >= 4}

@@ -1,0 +1,68 @@
+"""`wsmon demo`: the embedded default, a simulated Deriv-style API monitored by the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+
+from . import config as config_mod
+from .app import Daemon, serve
+from .config import DEFAULT_LISTEN
+from .demo_api import DemoAPI
+from .log import Logging
+
+# The daemon's own config for the demo, in the same YAML a user would write.
+DEMO_CONFIG = """
+listen: "{listen}"
+defaults:
+  connect_timeout: 5s
+  reconnect: {{initial_delay: 500ms, max_delay: 10s, multiplier: 2.0, reset_after: 10s}}
+targets:
+  - name: demo-api
+    url: "{url}"
+    probes:
+      - {{name: ping, send: {{ping: 1}}, expect: {{msg_type: ping}}, interval: 2s, timeout: 1s}}
+      - {{name: time, send: {{time: 1}}, expect: {{msg_type: time}}, interval: 5s, timeout: 1s}}
+      - {{name: frame, kind: ws-ping, interval: 2s, timeout: 1s}}
+  - name: demo-api-eu
+    url: "{url}&region=eu"
+    probes:
+      - {{name: ping, send: {{ping: 1}}, expect: {{msg_type: ping}}, interval: 1s, timeout: 500ms}}
+  - name: demo-api-asia
+    url: "{url}&region=asia"
+    probes:
+      - {{name: ping, send: {{ping: 1}}, expect: {{msg_type: ping}}, interval: 3s, timeout: 1s}}
+      - {{name: time, send: {{time: 1}}, expect: {{msg_type: time}}, interval: 10s, timeout: 2s}}
+"""
+
+ANNOUNCE = (
+    "wsmon demo: monitoring a simulated Deriv-style API at {api_url}\n"
+    "wsmon demo: metrics at {{metrics_url}}  (Ctrl-C to stop)"
+)
+
+
+def demo_config(api_url: str, listen: str = DEFAULT_LISTEN) -> config_mod.Config:
+    """The demo's config, validated like any file a user writes."""
+    return config_mod.loads(DEMO_CONFIG.format(url=api_url, listen=listen), source="<demo>")
+
+
+async def _demo(listen: str | None, log_format: str | None, log_level: str | None) -> int:
+    logging = Logging(log_format or "auto", log_level or "info")
+    api = DemoAPI(mean_lifetime=60.0, log=logging.logger.bind(component="demo-api"))
+    await api.start()
+    try:
+        cfg = demo_config(api.url, listen or DEFAULT_LISTEN)
+        daemon = Daemon(cfg, logging)
+        return await serve(daemon, ANNOUNCE.format(api_url=api.url))
+    finally:
+        await api.stop()
+
+
+def run_demo(listen: str | None, log_format: str | None, log_level: str | None) -> int:
+    """Run the simulated API and the daemon in one process until Ctrl-C or SIGTERM."""
+    try:
+        return asyncio.run(_demo(listen, log_format, log_level))
+    except OSError as exc:  # e.g. port 9815 already taken
+        print(f"wsmon demo: cannot start: {exc} (try --listen 127.0.0.1:0)")
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,208 @@
+"""Every metric object of the daemon, built on a registry that is passed in."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import __version__
+
+CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "other")
+PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
+UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id")
+# Disconnect series created up front: the ones alert rules look at first.
+COMMON_DISCONNECTS = (("1000", "peer"), ("1001", "peer"), ("1006", "network"), ("1011", "peer"))
+
+# WebSocket round trips on a healthy link take a few ms; a sick one, seconds.
+RTT_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The daemon's metric families; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        t = ("target",)
+        tp = ("target", "probe")
+        self.up = Gauge(
+            "wsmon_up",
+            "1 while the connection is open and its latest probe was answered correctly in time.",
+            t,
+            registry=r,
+        )
+        self.connected = Gauge(
+            "wsmon_connected", "1 while the WebSocket connection is open.", t, registry=r
+        )
+        self.connect_attempts = Counter(
+            "wsmon_connect_attempts", "WebSocket handshakes started.", t, registry=r
+        )
+        self.connect_failures = Counter(
+            "wsmon_connect_failures",
+            "Failed WebSocket handshakes, by reason.",
+            ("target", "reason"),
+            registry=r,
+        )
+        self.connect_duration = Histogram(
+            "wsmon_connect_duration_seconds",
+            "TCP + TLS + HTTP upgrade time of successful handshakes.",
+            t,
+            buckets=CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "wsmon_reconnects",
+            "Connections established after an earlier connection of the target was lost.",
+            t,
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "wsmon_disconnects",
+            "Connections lost, by close code and by who ended them (peer, local, network).",
+            ("target", "code", "origin"),
+            registry=r,
+        )
+        self.last_close_code = Gauge(
+            "wsmon_last_close_code", "Close code of the latest disconnect.", t, registry=r
+        )
+        self.established = Gauge(
+            "wsmon_connection_established_timestamp_seconds",
+            "Unix time the current connection opened; 0 while down.",
+            t,
+            registry=r,
+        )
+        self.rtt = Histogram(
+            "wsmon_probe_rtt_seconds",
+            "Send-to-matching-reply time of answered probes.",
+            tp,
+            buckets=RTT_BUCKETS,
+            registry=r,
+        )
+        self.last_rtt = Gauge(
+            "wsmon_probe_last_rtt_seconds", "RTT of the latest answered probe.", tp, registry=r
+        )
+        self.probes_sent = Counter("wsmon_probes_sent", "Probes sent.", tp, registry=r)
+        self.probe_timeouts = Counter(
+            "wsmon_probe_timeouts", "Probes not answered within their timeout.", tp, registry=r
+        )
+        self.probe_errors = Counter(
+            "wsmon_probe_errors",
+            "Probes answered, but wrongly, or that could not be sent; by reason.",
+            ("target", "probe", "reason"),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "wsmon_probe_last_success_timestamp_seconds",
+            "Unix time of the latest good reply.",
+            tp,
+            registry=r,
+        )
+        self.time_offset = Gauge(
+            "wsmon_server_time_offset_seconds",
+            "Server clock minus local clock, from replies carrying a `time` epoch.",
+            t,
+            registry=r,
+        )
+        self.messages_received = Counter(
+            "wsmon_messages_received", "Every message received.", t, registry=r
+        )
+        self.unmatched = Counter(
+            "wsmon_unmatched_messages",
+            "Messages received that matched no waiting probe, by reason.",
+            ("target", "reason"),
+            registry=r,
+        )
+        self.targets = Gauge("wsmon_targets", "Targets configured.", registry=r)
+        self.build_info = Gauge(
+            "wsmon_build_info",
+            "Always 1; labels tell the build.",
+            ("version", "python"),
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.reload_ok = Gauge(
+            "wsmon_config_last_reload_successful",
+            "1 if the latest configuration load succeeded.",
+            registry=r,
+        )
+        self.reload_ts = Gauge(
+            "wsmon_config_last_reload_success_timestamp_seconds",
+            "Unix time of the latest successful configuration load.",
+            registry=r,
+        )
+
+    def for_target(self, name: str, probes: Iterable[str]) -> TargetMetrics:
+        """Create every series of a target up front and return handles to them."""
+        return TargetMetrics(self, name, tuple(probes))
+
+    def remove_target(self, name: str) -> None:
+        """Drop every series labelled with this target (after a reload removed it)."""
+        for family in (
+            self.up, self.connected, self.connect_attempts, self.connect_failures,
+            self.connect_duration, self.reconnects, self.disconnects, self.last_close_code,
+            self.established, self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts,
+            self.probe_errors, self.last_success, self.time_offset, self.messages_received,
+            self.unmatched,
+        ):  # fmt: skip
+            family.remove_by_labels({"target": name})
+
+    def remove_probe(self, target: str, probe: str) -> None:
+        """Drop the series of a probe that a reload removed from a target."""
+        for family in (
+            self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts, self.probe_errors,
+            self.last_success,
+        ):  # fmt: skip
+            family.remove_by_labels({"target": target, "probe": probe})
+
+
+class ProbeMetrics:
+    """Pre-bound series of one probe."""
+
+    def __init__(self, m: Metrics, target: str, probe: str) -> None:
+        self.rtt = m.rtt.labels(target, probe)
+        self.last_rtt = m.last_rtt.labels(target, probe)
+        self.sent = m.probes_sent.labels(target, probe)
+        self.timeouts = m.probe_timeouts.labels(target, probe)
+        self.errors = {r: m.probe_errors.labels(target, probe, r) for r in PROBE_ERROR_REASONS}
+        self.last_success = m.last_success.labels(target, probe)
+
+
+class TargetMetrics:
+    """Pre-bound series of one target, so the hot path does no label lookups."""
+
+    def __init__(self, m: Metrics, target: str, probes: tuple[str, ...]) -> None:
+        self._m = m
+        self.target = target
+        self.up = m.up.labels(target)
+        self.connected = m.connected.labels(target)
+        self.connect_attempts = m.connect_attempts.labels(target)
+        self.connect_failures = {
+            r: m.connect_failures.labels(target, r) for r in CONNECT_FAILURE_REASONS
+        }
+        self.connect_duration = m.connect_duration.labels(target)
+        self.reconnects = m.reconnects.labels(target)
+        for code, origin in COMMON_DISCONNECTS:
+            m.disconnects.labels(target, code, origin)
+        self.last_close_code = m.last_close_code.labels(target)
+        self.established = m.established.labels(target)
+        # Created on the first `time` reply: an offset of 0 before any reply would claim
+        # a perfectly synchronised clock.
+        self._time_offset: Gauge | None = None
+        self.messages_received = m.messages_received.labels(target)
+        self.unmatched = {r: m.unmatched.labels(target, r) for r in UNMATCHED_REASONS}
+        self.probes = {p: ProbeMetrics(m, target, p) for p in probes}
+
+    def set_time_offset(self, seconds: float) -> None:
+        if self._time_offset is None:
+            self._time_offset = self._m.time_offset.labels(self.target)
+        self._time_offset.set(seconds)
+
+    def disconnect(self, code: int, origin: str) -> None:
+        self._m.disconnects.labels(self.target, str(code), origin).inc()
+        self.last_close_code.set(code)

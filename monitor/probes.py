@@ -1,0 +1,175 @@
+"""Message and ws-ping probes: correlation of replies, timing, and checking what came back."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .config import ProbeConfig
+
+Outcome = Literal["ok", "api_error", "unexpected_reply", "invalid_json"]
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the receive loop hands to a waiting probe."""
+
+    received_at: float  # time.perf_counter() when the message was taken off the socket
+    message: dict[str, Any] | None  # None: the text was not a JSON object
+    raw: str = ""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A probe waiting for its reply."""
+
+    probe: str
+    future: asyncio.Future[Reply]
+    key: Any = None
+    sent_at: float = 0.0  # time.perf_counter()
+    sent_wall: float = 0.0  # time.time()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Correlator:
+    """Matches replies to the message probes waiting for them on one connection.
+
+    With a correlation field (`req_id`), every request carries a fresh integer and a reply is
+    matched only by that integer, so a stray, late or duplicate reply never completes the
+    wrong probe. Without one, replies are matched to the oldest waiting request, in order.
+    """
+
+    def __init__(self, field_name: str | None) -> None:
+        self.field = field_name
+        self._next = 0
+        self._by_id: dict[int, Pending] = {}
+        self._in_order: collections.deque[Pending] = collections.deque()
+
+    def next_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def register(self, pending: Pending) -> None:
+        if self.field is None:
+            self._in_order.append(pending)
+        else:
+            self._by_id[pending.key] = pending
+
+    def forget(self, pending: Pending) -> None:
+        if self.field is None:
+            with contextlib.suppress(ValueError):
+                self._in_order.remove(pending)
+        else:
+            self._by_id.pop(pending.key, None)
+
+    def match(self, message: dict[str, Any] | None) -> Pending | str:
+        """The waiting probe this message answers, or the reason it answers none."""
+        if self.field is None:
+            if not self._in_order:
+                return "unknown_id"
+            return self._in_order.popleft()
+        if message is None:
+            return "invalid_json"
+        key = message.get(self.field)
+        # bool is an int subclass; `true` must not match request 1.
+        if not isinstance(key, int) or isinstance(key, bool):
+            return "missing_id"
+        pending = self._by_id.pop(key, None)
+        return "unknown_id" if pending is None else pending
+
+    @property
+    def waiting(self) -> int:
+        return len(self._by_id) + len(self._in_order)
+
+
+class PongWaiters:
+    """Matches pong frames to ws-ping probes by their 8-byte payload."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._waiting: dict[bytes, Pending] = {}
+
+    def next_payload(self) -> bytes:
+        self._next += 1
+        return struct.pack(">Q", self._next)
+
+    def register(self, pending: Pending) -> None:
+        self._waiting[pending.key] = pending
+
+    def forget(self, pending: Pending) -> None:
+        self._waiting.pop(pending.key, None)
+
+    def match(self, payload: bytes) -> Pending | None:
+        # Unknown payloads are unsolicited pongs, which RFC 6455 allows as a heartbeat.
+        return self._waiting.pop(payload, None)
+
+
+def build_message(probe: ProbeConfig, correlation_field: str | None, req_id: int) -> str:
+    """The JSON text a message probe sends."""
+    body: dict[str, Any] = dict(probe.send or {})
+    if correlation_field is not None:
+        body[correlation_field] = req_id
+    return json.dumps(body, separators=(",", ":"))
+
+
+def parse(text: str) -> dict[str, Any] | None:
+    """The JSON object in a text frame, or None when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def subset(expected: Any, actual: Any) -> bool:
+    """True when every key of `expected` is in `actual` with a matching value, recursively."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(
+            k in actual and subset(v, actual[k]) for k, v in expected.items()
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(actual, list)
+            and len(expected) == len(actual)
+            and all(subset(e, a) for e, a in zip(expected, actual, strict=True))
+        )
+    # 1 and 1.0 are the same JSON number, but `true` is not the number 1.
+    return bool(expected == actual) and isinstance(expected, bool) == isinstance(actual, bool)
+
+
+def judge(probe: ProbeConfig, reply: Reply) -> tuple[Outcome, str]:
+    """Classify a matched reply: ok, or the error reason and a short detail for the log."""
+    msg = reply.message
+    if msg is None:
+        return "invalid_json", "reply is not a JSON object"
+    error = msg.get("error")
+    if isinstance(error, dict):
+        return "api_error", str(error.get("code") or error.get("message") or "error")
+    if probe.expect is not None and not subset(probe.expect, msg):
+        return "unexpected_reply", "reply does not match `expect`"
+    return "ok", ""
+
+
+def server_time_offset(msg: dict[str, Any], sent_wall: float, rtt: float) -> float | None:
+    """Server clock minus ours, if the reply carries a `time` epoch (seconds).
+
+    The server read its clock somewhere in the round trip; the midpoint is the best guess.
+    """
+    value = msg.get("time")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 1e9:  # not an epoch (e.g. the `{"time": 1}` echo)
+        return None
+    return float(value) - (sent_wall + rtt / 2)
+
+
+def now() -> tuple[float, float]:
+    """(monotonic, wall) clocks read together."""
+    return time.perf_counter(), time.time()

@@ -1,0 +1,341 @@
+"""One connection's life: handshake, the single receive loop, probes, close-code attribution."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import ClientWebSocketResponse, WSMsgType
+from structlog.typing import FilteringBoundLogger
+
+from .config import ProbeConfig, TargetConfig
+from .log import redact_url
+from .metrics import ProbeMetrics, TargetMetrics
+from .probes import Correlator, Pending, PongWaiters, Reply, build_message, judge, parse
+from .probes import server_time_offset as time_offset
+
+# Close codes that never travel in a close frame (RFC 6455, section 7.4.1).
+NO_STATUS = 1005
+ABNORMAL = 1006
+# What the monitor sends when it gives up on a connection whose probes go unanswered.
+DEAD_CODE = 1011
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """How a connection ended: the close code and who ended it."""
+
+    code: int
+    origin: str  # "peer" (close frame received), "local" (we closed), "network" (no close frame)
+    reason: str
+
+
+class ConnectFailed(Exception):
+    """A handshake that did not produce an open WebSocket."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+def classify(exc: BaseException) -> str:
+    """The `reason` label of a failed handshake."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectorCertificateError
+        | aiohttp.ClientConnectorSSLError
+        | aiohttp.ClientSSLError
+        | aiohttp.ServerFingerprintMismatch
+        | ssl.SSLError,
+    ):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "other"
+    if isinstance(exc, aiohttp.WSServerHandshakeError | aiohttp.ClientResponseError):
+        return "handshake"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "handshake"
+    return "other"
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a handshake error, without the URL's secrets."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError | aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}: {exc.message}"
+    if isinstance(exc, TimeoutError):
+        return "handshake timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+async def connect(
+    http: aiohttp.ClientSession, target: TargetConfig, slots: asyncio.Semaphore
+) -> tuple[ClientWebSocketResponse, float]:
+    """Open the target's WebSocket; return it and the handshake duration in seconds.
+
+    The whole handshake (DNS, TCP, TLS, HTTP upgrade) is bounded by `connect_timeout`;
+    waiting for a handshake slot is not part of it.
+    """
+    async with slots:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                ws = await http.ws_connect(
+                    target.url,
+                    headers=target.headers,
+                    # Pings and pongs pass through the receive loop: pongs are timed by
+                    # ws-ping probes, and the server's pings are answered there.
+                    autoping=False,
+                    autoclose=True,
+                    max_msg_size=target.max_msg_size,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.close_timeout),
+                )
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
+            raise ConnectFailed(classify(exc), describe(exc)) from exc
+        return ws, time.perf_counter() - started
+
+
+class Session:
+    """An open connection: one receive loop, one task per probe, and an honest account of
+    how the connection ended."""
+
+    def __init__(
+        self,
+        target: TargetConfig,
+        ws: ClientWebSocketResponse,
+        metrics: TargetMetrics,
+        log: FilteringBoundLogger,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.ws = ws
+        self.m = metrics
+        self.log = log
+        self.rng = rng or random.Random()
+        self.correlator = Correlator(target.correlation_field)
+        self.pongs = PongWaiters()
+        self.consecutive_timeouts = 0
+        self._local: tuple[int, str] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> Disconnect:
+        """Serve the connection until it ends; return how it ended."""
+        probes = [
+            asyncio.create_task(self._probe_loop(p), name=f"probe:{self.target.name}:{p.name}")
+            for p in self.target.probes
+        ]
+        if not probes:
+            self.m.up.set(1)
+        try:
+            ended = await self._receive_loop()
+        finally:
+            for task in probes:
+                task.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
+            if self._closer is not None:
+                await self._closer
+            elif not self.ws.closed:
+                # Cancelled from outside: make sure the socket does not outlive us.
+                await self._close_now(1001)
+        return ended
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake from our side; the receive loop then ends."""
+        if self._local is not None:
+            return
+        self._local = (code, reason)
+        self._closer = asyncio.create_task(self._close_now(code, reason))
+
+    async def _close_now(self, code: int, reason: str = "") -> None:
+        # aiohttp waits up to close_timeout for the peer's close frame; the extra second
+        # bounds a send that is stuck behind a full socket buffer on a dead link.
+        try:
+            async with asyncio.timeout(self.target.close_timeout + 1.0):
+                await self.ws.close(code=code, message=reason.encode()[:123])
+        except TimeoutError:
+            transport = self.ws.get_extra_info("transport")
+            if transport is not None:
+                transport.abort()
+
+    # --- the one receive loop -----------------------------------------------------------
+
+    async def _receive_loop(self) -> Disconnect:
+        ws = self.ws
+        m = self.m
+        while True:
+            msg = await ws.receive()
+            received = time.perf_counter()
+            kind = msg.type
+            if kind is WSMsgType.TEXT:
+                m.messages_received.inc()
+                self._on_text(msg.data, received)
+            elif kind is WSMsgType.BINARY:
+                m.messages_received.inc()
+                m.unmatched["binary"].inc()
+            elif kind is WSMsgType.PING:
+                # A failed pong means the connection is going away; the next receive says how.
+                with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif kind is WSMsgType.PONG:
+                pending = self.pongs.match(msg.data)
+                if pending is not None and not pending.future.done():
+                    pending.future.set_result(Reply(received, None))
+            elif kind is WSMsgType.CLOSE:
+                if self._local is not None:
+                    return Disconnect(self._local[0], "local", self._local[1])
+                # aiohttp reports a close frame without a status code as code 0.
+                code = int(msg.data) if msg.data else NO_STATUS
+                return Disconnect(code, "peer", str(msg.extra or ""))
+            else:  # CLOSING, CLOSED, ERROR
+                return self._ended_without_close_frame(msg.data)
+
+    def _ended_without_close_frame(self, data: Any) -> Disconnect:
+        if self._local is not None:
+            return Disconnect(self._local[0], "local", self._local[1])
+        if isinstance(data, aiohttp.WebSocketError):
+            # aiohttp failed the connection itself (e.g. 1009 message too big) and sent
+            # that code in its close frame.
+            return Disconnect(int(data.code), "local", str(data))
+        # No close frame arrived, whatever aiohttp's close_code says (it reports 1000
+        # after a plain TCP FIN).
+        detail = f"{type(data).__name__}: {data}" if isinstance(data, Exception) else ""
+        return Disconnect(ABNORMAL, "network", detail or "connection lost without close frame")
+
+    def _on_text(self, text: str, received: float) -> None:
+        message = parse(text)
+        found = self.correlator.match(message)
+        if isinstance(found, str):
+            self.m.unmatched[found].inc()
+            return
+        if not found.future.done():
+            found.future.set_result(Reply(received, message, text))
+
+    # --- probes -------------------------------------------------------------------------
+
+    async def _probe_loop(self, probe: ProbeConfig) -> None:
+        """Run one probe on its own cadence; the first send is jittered over one interval."""
+        loop = asyncio.get_running_loop()
+        pm = self.m.probes[probe.name]
+        due = loop.time() + self.rng.uniform(0.0, probe.interval)
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due += probe.interval
+            if due < loop.time():  # the loop stalled past a whole interval: skip, don't burst
+                due = loop.time() + probe.interval
+            if probe.kind == "ws-ping":
+                await self._ping_frame(probe, pm)
+            else:
+                await self._message(probe, pm)
+
+    async def _message(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
+        req_id = self.correlator.next_id()
+        text = build_message(probe, self.target.correlation_field, req_id)
+        pending = Pending(probe.name, asyncio.get_running_loop().create_future(), req_id)
+        self.correlator.register(pending)
+        try:
+            pending.sent_wall = time.time()
+            pending.sent_at = time.perf_counter()
+            await self.ws.send_str(text)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            self.correlator.forget(pending)
+            self._send_failed(probe, pm, exc)
+            return
+        pm.sent.inc()
+        reply = await self._wait(probe, pm, pending, self.correlator.forget)
+        if reply is None:
+            return
+        rtt = reply.received_at - pending.sent_at
+        outcome, detail = judge(probe, reply)
+        if outcome != "ok":
+            self.consecutive_timeouts = 0  # the peer is alive, just wrong
+            pm.errors[outcome].inc()
+            self.m.up.set(0)
+            self.log.warning(
+                "probe.error",
+                target=self.target.name,
+                probe=probe.name,
+                reason=outcome,
+                error=detail,
+                rtt_ms=round(rtt * 1000, 3),
+            )
+            return
+        assert reply.message is not None
+        offset = time_offset(reply.message, pending.sent_wall, rtt)
+        if offset is not None:
+            self.m.set_time_offset(offset)
+        self._answered(pm, rtt)
+
+    async def _ping_frame(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
+        payload = self.pongs.next_payload()
+        pending = Pending(probe.name, asyncio.get_running_loop().create_future(), payload)
+        self.pongs.register(pending)
+        try:
+            pending.sent_at = time.perf_counter()
+            await self.ws.ping(payload)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            self.pongs.forget(pending)
+            self._send_failed(probe, pm, exc)
+            return
+        pm.sent.inc()
+        reply = await self._wait(probe, pm, pending, self.pongs.forget)
+        if reply is not None:
+            self._answered(pm, reply.received_at - pending.sent_at)
+
+    async def _wait(
+        self, probe: ProbeConfig, pm: ProbeMetrics, pending: Pending, forget: Any
+    ) -> Reply | None:
+        try:
+            async with asyncio.timeout(probe.timeout):
+                return await pending.future
+        except TimeoutError:
+            forget(pending)
+        pm.timeouts.inc()
+        self.m.up.set(0)
+        self.consecutive_timeouts += 1
+        dead = self.consecutive_timeouts >= self.target.dead_after_timeouts
+        self.log.warning(
+            "probe.timeout",
+            target=self.target.name,
+            probe=probe.name,
+            timeout_s=probe.timeout,
+            consecutive=self.consecutive_timeouts,
+        )
+        if dead:
+            self.close(DEAD_CODE, "probe timeout")
+        return None
+
+    def _answered(self, pm: ProbeMetrics, rtt: float) -> None:
+        self.consecutive_timeouts = 0
+        pm.rtt.observe(rtt)
+        pm.last_rtt.set(rtt)
+        pm.last_success.set(time.time())
+        self.m.up.set(1)
+
+    def _send_failed(self, probe: ProbeConfig, pm: ProbeMetrics, exc: BaseException) -> None:
+        pm.errors["send_failed"].inc()
+        self.m.up.set(0)
+        self.log.warning(
+            "probe.error",
+            target=self.target.name,
+            probe=probe.name,
+            reason="send_failed",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+
+def safe_url(target: TargetConfig) -> str:
+    """The target's URL as it may appear in logs."""
+    return redact_url(target.url)

@@ -1,0 +1,220 @@
+"""Targets -> tasks: one reconnect loop per target; apply(new_config) starts, stops, keeps."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterator
+
+import aiohttp
+from structlog.typing import FilteringBoundLogger
+
+from .backoff import full_jitter
+from .config import Config, TargetConfig
+from .metrics import Metrics
+from .session import ConnectFailed, Disconnect, Session, connect, safe_url
+
+# Close codes by which a server asks clients to come back later, not at once.
+TRY_AGAIN_LATER = frozenset({1012, 1013})
+
+
+class TargetRunner:
+    """Keeps one target connected: connect, serve, record how it ended, back off, repeat."""
+
+    def __init__(
+        self,
+        target: TargetConfig,
+        http: aiohttp.ClientSession,
+        metrics: Metrics,
+        log: FilteringBoundLogger,
+        slots: Callable[[], asyncio.Semaphore],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.http = http
+        self.m = metrics.for_target(target.name, (p.name for p in target.probes))
+        self.log = log
+        self.slots = slots
+        self.rng = rng or random.Random()
+        self.attempted = asyncio.Event()  # set once the first handshake attempt has finished
+        self._session: Session | None = None
+        self._stop_code: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"target:{self.target.name}")
+
+    async def stop(self, code: int, grace: float) -> None:
+        """Close the connection with `code` and end the loop; cancel it if that takes too long."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self._stop_code = code
+        session = self._session
+        if session is not None:
+            session.close(code, "going away" if code == 1001 else "removed from config")
+        else:
+            task.cancel()  # connecting or backing off: nothing to close politely
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        t = self.target
+        m = self.m
+        loop = asyncio.get_running_loop()
+        backoff = self._backoff()
+        attempt = 0
+        had_connection = False
+        try:
+            while True:
+                m.connect_attempts.inc()
+                try:
+                    ws, duration = await connect(self.http, t, self.slots())
+                except ConnectFailed as exc:
+                    self.attempted.set()
+                    m.connect_failures[exc.reason].inc()
+                    self.log.warning(
+                        "connect.failed",
+                        target=t.name,
+                        url=safe_url(t),
+                        reason=exc.reason,
+                        error=exc.error,
+                    )
+                    attempt += 1
+                    await self._pause(next(backoff), attempt, None)
+                    continue
+                self.attempted.set()
+                m.connect_duration.observe(duration)
+                if had_connection:
+                    m.reconnects.inc()
+                had_connection = True
+                opened = loop.time()
+                m.connected.set(1)
+                m.established.set(time.time())
+                self.log.info(
+                    "connect.ok",
+                    target=t.name,
+                    url=safe_url(t),
+                    duration_ms=round(duration * 1e3, 3),
+                )
+                session = Session(t, ws, m, self.log, self.rng)
+                self._session = session
+                try:
+                    ended = await session.run()
+                finally:
+                    self._session = None
+                    m.connected.set(0)
+                    m.up.set(0)
+                    m.established.set(0)
+                uptime = loop.time() - opened
+                self._record(ended, uptime)
+                if self._stop_code is not None:
+                    return
+                if uptime >= t.reconnect.reset_after:
+                    backoff = self._backoff()
+                    attempt = 0
+                attempt += 1
+                await self._pause(next(backoff), attempt, ended)
+        finally:
+            self.attempted.set()
+
+    def _backoff(self) -> Iterator[float]:
+        r = self.target.reconnect
+        return full_jitter(r.initial_delay, r.max_delay, r.multiplier, self.rng)
+
+    async def _pause(self, delay: float, attempt: int, ended: Disconnect | None) -> None:
+        if ended is not None and ended.code in TRY_AGAIN_LATER:
+            delay = max(delay, self.target.reconnect.initial_delay)
+        self.log.info(
+            "reconnect.scheduled", target=self.target.name, attempt=attempt, delay_s=round(delay, 3)
+        )
+        await asyncio.sleep(delay)
+
+    def _record(self, ended: Disconnect, uptime: float) -> None:
+        self.m.disconnect(ended.code, ended.origin)
+        log = (
+            self.log.info
+            if ended.origin == "local" and ended.code in (1000, 1001)
+            else self.log.warning
+        )
+        log(
+            "disconnect",
+            target=self.target.name,
+            code=ended.code,
+            origin=ended.origin,
+            reason=ended.reason,
+            uptime_s=round(uptime, 3),
+        )
+
+
+class Supervisor:
+    """Owns every target's runner; a reload is a diff between the old and new target sets."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        metrics: Metrics,
+        log: FilteringBoundLogger,
+        rng: random.Random | None = None,
+        stop_timeout: float = 4.0,
+    ) -> None:
+        self.http = http
+        self.metrics = metrics
+        self.log = log
+        self.rng = rng or random.Random()
+        self.stop_timeout = stop_timeout
+        self.runners: dict[str, TargetRunner] = {}
+        self._slots = asyncio.Semaphore(50)
+        self._slot_limit = 50
+
+    @property
+    def ready(self) -> bool:
+        """True once every target has finished its first handshake attempt."""
+        return all(r.attempted.is_set() for r in self.runners.values())
+
+    def pending(self) -> list[str]:
+        return [name for name, r in self.runners.items() if not r.attempted.is_set()]
+
+    async def apply(self, config: Config) -> dict[str, list[str]]:
+        """Make the running targets match `config`; unchanged targets keep their connection."""
+        if config.max_concurrent_handshakes != self._slot_limit:
+            # Handshakes already holding a slot of the old semaphore finish under it.
+            self._slots = asyncio.Semaphore(config.max_concurrent_handshakes)
+            self._slot_limit = config.max_concurrent_handshakes
+        wanted = {t.name: t for t in config.targets}
+        removed = [n for n in self.runners if n not in wanted]
+        changed = [
+            n for n, t in wanted.items() if n in self.runners and self.runners[n].target != t
+        ]
+        added = [n for n in wanted if n not in self.runners]
+
+        old_probes = {n: {p.name for p in self.runners[n].target.probes} for n in changed}
+
+        async def retire(name: str, code: int) -> None:
+            await self.runners.pop(name).stop(code, self.stop_timeout)
+
+        await asyncio.gather(*(retire(n, 1000) for n in removed + changed))
+        for name in removed:
+            self.metrics.remove_target(name)
+        for name in changed:
+            for probe in old_probes[name] - {p.name for p in wanted[name].probes}:
+                self.metrics.remove_probe(name, probe)
+        for name in changed + added:
+            runner = TargetRunner(
+                wanted[name], self.http, self.metrics, self.log, lambda: self._slots, self.rng
+            )
+            self.runners[name] = runner
+            runner.start()
+        self.metrics.targets.set(len(self.runners))
+        return {"added": added, "removed": removed, "changed": changed}
+
+    async def stop(self, code: int = 1001) -> None:
+        """Close every connection with `code` (1001: going away) and end every loop."""
+        runners = list(self.runners.values())
+        self.runners.clear()
+        await asyncio.gather(*(r.stop(code, self.stop_timeout) for r in runners))

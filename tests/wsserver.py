@@ -1,0 +1,335 @@
+"""Misbehaving aiohttp WebSocket test server that records server-side truth for wsmon tests.
+
+``WSTestServer`` listens on ``ws://127.0.0.1:<random port>/ws`` and answers Deriv-API style
+JSON requests (``{"ping": 1}``, ``{"time": 1}``, anything else gets an ``UnrecognisedRequest``
+error).  Plain attributes act as knobs that may be flipped while it runs (reply delay, refused
+handshake, silence, unanswered protocol pings, custom responder), and action methods make every
+open connection misbehave (close frame with a chosen code, TCP RST, TCP FIN without a close
+frame).  Everything the server actually saw is recorded so tests can compare the daemon's
+metrics against ground truth.
+
+Timing of knobs: ``silent``, ``reply_delay`` and ``answer_pings`` are read when a message
+arrives; ``responder`` and the default reply are evaluated when the reply is sent (after the
+delay).  Invalid messages (non-JSON-object text, binary) are counted and never answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+__all__ = ["Responder", "WSTestServer"]
+
+Responder = Callable[[dict[str, Any]], list[str | bytes] | None]
+
+_WS_PATH = "/ws"
+_STOP_CLOSE_TIMEOUT = 0.25  # seconds stop() grants the close handshake before aborting
+_CLOSE_REPLY_TIMEOUT = 2.0  # seconds the server waits for the client's close frame
+_FINISH_TIMEOUT = 5.0  # seconds the actions wait for handlers to notice the connection is gone
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One accepted WebSocket connection."""
+
+    request: web.Request
+    ws: web.WebSocketResponse
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    close_request: asyncio.Future[tuple[int, bytes]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def default_reply(request: dict[str, Any]) -> dict[str, Any]:
+    """Build the Deriv-API style reply to one JSON request."""
+    reply: dict[str, Any]
+    if "ping" in request:
+        reply = {"echo_req": request, "msg_type": "ping", "ping": "pong"}
+    elif "time" in request:
+        reply = {"echo_req": request, "msg_type": "time", "time": int(time.time())}
+    else:
+        reply = {
+            "echo_req": request,
+            "error": {"code": "UnrecognisedRequest", "message": "Unrecognised request"},
+            "msg_type": "error",
+        }
+    if "req_id" in request:
+        reply["req_id"] = request["req_id"]
+    return reply
+
+
+class WSTestServer:
+    """Deliberately misbehaving WebSocket server on 127.0.0.1, port chosen by the OS."""
+
+    def __init__(self, *, reply_delay: float = 0.0) -> None:
+        # knobs
+        self.reply_delay: float = reply_delay
+        self.handshake_status: int | None = None
+        self.silent: bool = False
+        self.answer_pings: bool = True
+        self.responder: Responder | None = None
+        # truth
+        self.http_requests: int = 0
+        self.connections: int = 0
+        self.open_connections: int = 0
+        self.requests: list[dict[str, Any]] = []
+        self.invalid_messages: int = 0
+        self.pings_received: int = 0
+        self.close_frames: list[int | None] = []
+        self.reply_errors: list[Exception] = []  # exceptions swallowed while sending replies
+        # internals
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._conns: set[_Conn] = set()
+        self._reply_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1:0 and start serving ``/ws``."""
+        if self._runner is not None:
+            raise RuntimeError("WSTestServer already started")
+        app = web.Application()
+        app.router.add_get(_WS_PATH, self._handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self._port = int(runner.addresses[0][1])
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Close every connection and the listener; quick and idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        conns = list(self._conns)
+        if conns:
+            # Polite close first, bounded; whatever is still open afterwards gets aborted.
+            for conn in conns:
+                self._request_close(conn, 1001, b"server stopping")
+            waits = [asyncio.ensure_future(c.done.wait()) for c in conns]
+            _, pending = await asyncio.wait(waits, timeout=_STOP_CLOSE_TIMEOUT)
+            for fut in pending:
+                fut.cancel()
+            for conn in conns:
+                if not conn.done.is_set() and conn.request.transport is not None:
+                    conn.request.transport.abort()
+        tasks = list(self._reply_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+
+    async def __aenter__(self) -> WSTestServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (only valid after start())."""
+        if self._port is None:
+            raise RuntimeError("WSTestServer not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """WebSocket URL of the server."""
+        return f"ws://127.0.0.1:{self.port}{_WS_PATH}"
+
+    # ------------------------------------------------------------------ truth helpers
+
+    def request_count(self, kind: str) -> int:
+        """Number of received JSON requests that have top-level key ``kind``."""
+        return sum(1 for request in self.requests if kind in request)
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 - part of the required interface
+    ) -> None:
+        """Poll ``predicate`` every 10 ms; raise AssertionError if still false after timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() >= deadline:
+                name = getattr(predicate, "__qualname__", repr(predicate))
+                raise AssertionError(f"condition {name} not true within {timeout} s")
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ actions
+
+    async def close_all(self, code: int, message: bytes = b"") -> None:
+        """Send a close frame with ``code`` on every open connection and wait until closed.
+
+        Runs a proper close handshake: the server waits (up to 2 s) for the client's close
+        frame, records its code in ``close_frames``, then closes TCP.  The client must be
+        reading concurrently, otherwise this takes the full 2 s and the client sees 1006.
+        """
+        conns = list(self._conns)
+        for conn in conns:
+            self._request_close(conn, code, message)
+        await self._wait_done(conns)
+
+    async def abort_all(self) -> None:
+        """Reset every open connection (TCP RST via SO_LINGER 0); no close frame."""
+        conns = list(self._conns)
+        for conn in conns:
+            transport = conn.request.transport
+            if transport is None or transport.is_closing():
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        await self._wait_done(conns)
+
+    async def fin_all(self) -> None:
+        """Close the TCP connection cleanly (FIN) on every open connection; no close frame."""
+        conns = list(self._conns)
+        for conn in conns:
+            transport = conn.request.transport
+            if transport is not None and not transport.is_closing():
+                transport.close()
+        await self._wait_done(conns)
+
+    # ------------------------------------------------------------------ internals
+
+    def _request_close(self, conn: _Conn, code: int, message: bytes) -> None:
+        if not conn.close_request.done():
+            conn.close_request.set_result((code, message))
+
+    async def _wait_done(self, conns: list[_Conn]) -> None:
+        waits = [asyncio.ensure_future(c.done.wait()) for c in conns if not c.done.is_set()]
+        if not waits:
+            return
+        _, pending = await asyncio.wait(waits, timeout=_FINISH_TIMEOUT)
+        for fut in pending:
+            fut.cancel()
+        if pending:
+            raise AssertionError(f"{len(pending)} connection handler(s) did not finish")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.http_requests += 1
+        if self.handshake_status is not None:
+            return web.Response(status=self.handshake_status)
+        ws = web.WebSocketResponse(autoping=False, autoclose=True, timeout=_CLOSE_REPLY_TIMEOUT)
+        try:
+            await ws.prepare(request)
+        except web.HTTPException:
+            raise  # not a valid upgrade request: let aiohttp answer it
+        except Exception:
+            return ws  # client vanished during the handshake
+        conn = _Conn(request, ws)
+        self.connections += 1
+        self.open_connections += 1
+        self._conns.add(conn)
+        reader = asyncio.create_task(self._read_loop(conn))
+        try:
+            either: list[asyncio.Future[Any]] = [reader, conn.close_request]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                # close_all()/stop(): stop reading, then run the close handshake from this task
+                # so that aiohttp waits for (and reports) the client's close frame.
+                reader.cancel()
+                await asyncio.wait([reader])
+                code, message = conn.close_request.result()
+                # True + no exception: the client answered with a close frame (code in close_code)
+                answered = await ws.close(code=code, message=message)
+                if answered and ws.exception() is None and ws.close_code is not None:
+                    self.close_frames.append(ws.close_code or None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass  # a disappearing client is normal here: end quietly
+        finally:
+            if not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader])
+            if not reader.cancelled():
+                reader.exception()  # mark as retrieved
+            self.open_connections -= 1
+            self._conns.discard(conn)
+            conn.done.set()
+        return ws
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        ws = conn.ws
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                self._on_text(conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self.invalid_messages += 1
+            elif msg.type is WSMsgType.PING:
+                self.pings_received += 1
+                if self.answer_pings:
+                    await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                continue
+            elif msg.type is WSMsgType.CLOSE:
+                # autoclose already answered; aiohttp reports an empty close frame as code 0
+                code = int(msg.data)
+                self.close_frames.append(code or None)
+                return
+            else:  # CLOSING (we closed it), CLOSED (EOF) or ERROR
+                return
+
+    def _on_text(self, conn: _Conn, data: str) -> None:
+        try:
+            request = json.loads(data)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            self.invalid_messages += 1
+            return
+        self.requests.append(request)
+        if self.silent:
+            return
+        task = asyncio.create_task(self._reply(conn, request, self.reply_delay))
+        self._reply_tasks.add(task)
+        task.add_done_callback(self._reply_tasks.discard)
+
+    async def _reply(self, conn: _Conn, request: dict[str, Any], delay: float) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            frames: list[str | bytes] | None = None
+            if self.responder is not None:
+                frames = self.responder(request)
+            if frames is None:
+                frames = [json.dumps(default_reply(request))]
+            for frame in frames:
+                if conn.ws.closed or conn.close_request.done() or conn.done.is_set():
+                    return  # never send data after (or while) closing
+                if isinstance(frame, bytes):
+                    await conn.ws.send_bytes(frame)
+                else:
+                    await conn.ws.send_str(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.reply_errors.append(exc)  # connection gone while replying, or responder bug
