@@ -44,7 +44,7 @@ class Daemon:
         self.listen_override = listen
         self.log_level_override = log_level
         # `_created` series would double the series count for no alerting value.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.metrics = Metrics(self.registry)
         self.rng = rng
@@ -54,6 +54,7 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
         self.port = 0
+        self._stopped = False
 
     # --- start ----------------------------------------------------------------------------
 
@@ -71,10 +72,13 @@ class Daemon:
         )
         host, port = parse_listen(self.listen_override or self.config.listen)
         self._runner = web.AppRunner(
-            build_app(self.registry, self._readiness), access_log=None, handle_signals=False
+            build_app(self.registry, self._readiness),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         sockets = self._runner.addresses
         self.port = int(sockets[0][1]) if sockets else port
@@ -133,7 +137,10 @@ class Daemon:
     # --- stop -----------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Close every connection with 1001 and release sockets; bounded in time."""
+        """Close every connection with 1001 and release sockets; bounded in time. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.supervisor is not None:
             await self.supervisor.stop(SHUTDOWN_CLOSE_CODE)
         if self.http is not None:

@@ -6,7 +6,8 @@ import gzip
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("ready")
@@ -15,7 +16,7 @@ REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY_KEY])
-    headers = {"Content-Type": CONTENT_TYPE_LATEST}
+    headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         body = gzip.compress(body, compresslevel=1)
         headers["Content-Encoding"] = "gzip"

@@ -56,10 +56,8 @@ class TargetRunner:
             session.close(code, "going away" if code == 1001 else "removed from config")
         else:
             task.cancel()  # connecting or backing off: nothing to close politely
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.shield(task)
-        except TimeoutError:
+        _, running = await asyncio.wait({task}, timeout=grace)
+        if running:
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

@@ -1,0 +1,108 @@
+"""Shared fixtures: a real test WebSocket server and a real daemon, both on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from wsserver import WSTestServer
+
+from monitor import config as config_mod
+from monitor.app import Daemon
+from monitor.log import Logging
+
+
+class Harness:
+    """A daemon running in the test's event loop, with its registry and its log lines."""
+
+    def __init__(self, daemon: Daemon, stream: io.StringIO) -> None:
+        self.daemon = daemon
+        self.stream = stream
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.daemon.registry
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.daemon.port}"
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of one series; 0 when the series does not exist (yet)."""
+        v = self.registry.get_sample_value(name, labels)
+        return 0.0 if v is None else v
+
+    def exists(self, name: str, **labels: str) -> bool:
+        return self.registry.get_sample_value(name, labels) is not None
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Log events written so far (JSON lines), optionally only those called `name`."""
+        out = [json.loads(line) for line in self.stream.getvalue().splitlines() if line]
+        return [e for e in out if name is None or e["event"] == name]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s")
+            await asyncio.sleep(0.01)
+
+
+def target(name: str, url: str, **extra: Any) -> dict[str, Any]:
+    """A target entry with fast defaults for tests (time is scaled down, not slept)."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "url": url,
+        "connect_timeout": "1s",
+        "close_timeout": "500ms",
+        "reconnect": {"initial_delay": "20ms", "max_delay": "100ms", "reset_after": "5s"},
+        "probes": [
+            {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"},
+             "interval": "100ms", "timeout": "80ms"},
+        ],
+    }  # fmt: skip
+    entry.update(extra)
+    return entry
+
+
+StartDaemon = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def start_daemon() -> AsyncIterator[StartDaemon]:
+    """Start daemons from config dicts; every one is stopped when the test ends."""
+    started: list[Daemon] = []
+
+    async def start(*targets: dict[str, Any], seed: int = 1, **top: Any) -> Harness:
+        doc = {"listen": "127.0.0.1:0", "targets": list(targets), **top}
+        cfg = config_mod.loads(yaml.safe_dump(doc), source="<test>")
+        stream = io.StringIO()
+        logging = Logging("json", "debug", stream=stream, secrets=cfg.secrets)
+        daemon = Daemon(cfg, logging, rng=random.Random(seed), stop_timeout=2.0)
+        started.append(daemon)
+        await daemon.start()
+        return Harness(daemon, stream)
+
+    yield start
+    for d in started:
+        await d.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[WSTestServer]:
+    async with WSTestServer() as s:
+        yield s
+
+
+@pytest.fixture
+async def other_server() -> AsyncIterator[WSTestServer]:
+    async with WSTestServer() as s:
+        yield s

@@ -1,0 +1,146 @@
+"""Configuration: every bad file gets its own precise message; good ones load as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor import config
+from monitor.cli import main
+
+CONFIGS = Path(__file__).parent / "configs"
+CASES = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_config_message(
+    case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check-config` exits 1 and prints exactly the problems in the case's .txt file."""
+    monkeypatch.delenv("WSMON_TEST_UNSET_TOKEN", raising=False)
+    path = CONFIGS / f"{case}.yaml"
+    assert main(["check-config", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    prefix = f"{path}: "
+    assert all(line.startswith(prefix) for line in out)
+    got = [line.removeprefix(prefix) for line in out]
+    assert got == (CONFIGS / f"{case}.txt").read_text().splitlines()
+
+
+def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped example passes `check-config` with a one-line summary."""
+    assert main(["check-config", str(ROOT / "config.example.yaml")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.endswith("OK: 1 targets, 3 probes, listen 127.0.0.1:9815")
+    cfg = config.load(ROOT / "config.example.yaml")
+    (deriv,) = cfg.targets
+    assert deriv.url == "wss://ws.derivws.com/websockets/v3?app_id=1089"
+    intervals = {p.name: p.interval for p in deriv.probes}
+    assert intervals["ping"] == 30
+    assert intervals["time"] == 60
+
+
+def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that cannot be read is one clear problem, not a traceback."""
+    assert main(["check-config", "/nonexistent/wsmon.yaml"]) == 1
+    assert "cannot read config: No such file or directory" in capsys.readouterr().out
+
+
+class TestValues:
+    def test_durations(self) -> None:
+        """Durations accept ms, s, m, h and bare seconds; zero, negative and words are errors."""
+        assert config.parse_duration("250ms") == 0.25
+        assert config.parse_duration("5s") == 5
+        assert config.parse_duration("2m") == 120
+        assert config.parse_duration("1h") == 3600
+        assert config.parse_duration(1.5) == 1.5
+        assert config.parse_duration("7") == 7
+        for bad in ("0s", -1, "5 minutes", "", True, "1d", None):
+            with pytest.raises(ValueError, match="invalid duration"):
+                config.parse_duration(bad)
+
+    def test_defaults_are_inherited_and_overridden(self) -> None:
+        """Targets inherit `defaults`; per-target keys win, nested reconnect keys merge."""
+        cfg = config.loads(
+            """
+            defaults:
+              connect_timeout: 3s
+              correlation_field: rid
+              reconnect: {initial_delay: 200ms, max_delay: 30s}
+              probes:
+                - {name: p, send: {ping: 1}, interval: 10s, timeout: 1s}
+            targets:
+              - {name: a, url: "ws://h/a"}
+              - name: b
+                url: "ws://h/b"
+                connect_timeout: 1s
+                reconnect: {max_delay: 5s}
+                probes: [{name: f, kind: ws-ping, interval: 2s, timeout: 1s}]
+            """
+        )
+        a, b = cfg.targets
+        assert a.connect_timeout == 3
+        assert a.correlation_field == b.correlation_field == "rid"
+        assert [p.name for p in a.probes] == ["p"]
+        assert b.connect_timeout == 1
+        assert b.reconnect.initial_delay == 0.2
+        assert b.reconnect.max_delay == 5
+        assert b.reconnect.multiplier == 2.0
+        assert [p.name for p in b.probes] == ["f"]
+
+    def test_builtin_defaults(self) -> None:
+        """With nothing set, the contract's defaults apply."""
+        (t,) = config.loads('targets: [{name: a, url: "wss://h/"}]').targets
+        assert t.connect_timeout == 10
+        assert t.correlation_field == "req_id"
+        assert (t.reconnect.initial_delay, t.reconnect.max_delay) == (1, 60)
+        assert t.reconnect.multiplier == 2
+        (probe,) = t.probes
+        assert (probe.name, probe.send, probe.interval, probe.timeout) == (
+            "ping",
+            {"ping": 1},
+            30,
+            5,
+        )
+
+    def test_env_expansion_and_secrets(self) -> None:
+        """`${VAR}` is replaced anywhere; the value becomes a secret that logs redact."""
+        cfg = config.loads(
+            """
+            targets:
+              - name: a
+                url: "wss://h/ws?app_id=${APP}&token=s3cr3t-query"
+                headers: {Authorization: "Bearer ${TOKEN}"}
+            """,
+            env={"APP": "1089", "TOKEN": "tok-123456"},
+        )
+        (t,) = cfg.targets
+        assert t.url == "wss://h/ws?app_id=1089&token=s3cr3t-query"
+        assert t.headers == {"Authorization": "Bearer tok-123456"}
+        assert {"tok-123456", "Bearer tok-123456", "s3cr3t-query"} <= cfg.secrets
+
+    def test_correlation_field_null(self) -> None:
+        """`correlation_field: null` switches to in-order matching."""
+        (t,) = config.loads('targets: [{name: a, url: "ws://h/", correlation_field: null}]').targets
+        assert t.correlation_field is None
+
+    def test_reconnect_bounds_checked_after_merge(self) -> None:
+        """max_delay below an inherited initial_delay is reported at the target."""
+        with pytest.raises(config.ConfigError) as err:
+            config.loads(
+                """
+                defaults: {reconnect: {initial_delay: 10s}}
+                targets: [{name: a, url: "ws://h/", reconnect: {max_delay: 5s}}]
+                """
+            )
+        assert err.value.problems == [
+            "targets[0].reconnect.max_delay: must be >= initial_delay (5s < 10s)"
+        ]
+
+    def test_empty_file(self) -> None:
+        """An empty file says that a target is needed."""
+        with pytest.raises(config.ConfigError) as err:
+            config.loads("")
+        assert err.value.problems == ["targets: at least one target is required"]

@@ -1,0 +1,302 @@
+"""Connections, probes and close codes, checked against what the test server saw."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from conftest import StartDaemon, target
+from wsserver import WSTestServer
+
+PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
+
+
+class TestRoundTrip:
+    async def test_rtt_matches_server_delay(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A server that delays replies by 50 ms reads 50 ms plus a few ms, never less."""
+        server.reply_delay = 0.050
+        probes = [{**PING, "interval": "150ms", "timeout": "120ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes))
+        seen: list[float] = []
+
+        def sampled() -> bool:
+            last = h.value("wsmon_probe_last_rtt_seconds", target="t", probe="ping")
+            if last and (not seen or seen[-1] != last):
+                seen.append(last)
+            return h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping") >= 8
+
+        await h.wait_for(sampled, timeout=5)
+        count = h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping")
+        total = h.value("wsmon_probe_rtt_seconds_sum", target="t", probe="ping")
+        assert 0.050 <= total / count <= 0.058
+        assert seen
+        assert all(0.050 <= s <= 0.065 for s in seen), seen
+        # Histogram buckets agree: nothing under 50 ms, everything under 75 ms.
+        assert h.value("wsmon_probe_rtt_seconds_bucket", target="t", probe="ping", le="0.05") == 0
+        assert (
+            h.value("wsmon_probe_rtt_seconds_bucket", target="t", probe="ping", le="0.075") == count
+        )
+        assert h.value("wsmon_up", target="t") == 1
+
+    async def test_probes_sent_equals_requests_received(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """`probes_sent_total` equals the requests the server received, per probe."""
+        probes = [
+            {**PING, "interval": "50ms", "timeout": "40ms"},
+            {"name": "time", "send": {"time": 1}, "expect": {"msg_type": "time"},
+             "interval": "70ms", "timeout": "60ms"},
+        ]  # fmt: skip
+        h = await start_daemon(target("t", server.url, probes=probes))
+        await server.wait_for(lambda: server.request_count("time") >= 10)
+        await h.daemon.stop()
+        sent_ping = h.value("wsmon_probes_sent_total", target="t", probe="ping")
+        sent_time = h.value("wsmon_probes_sent_total", target="t", probe="time")
+        assert sent_ping == server.request_count("ping") > 0
+        assert sent_time == server.request_count("time") >= 10
+        assert h.value("wsmon_messages_received_total", target="t") >= sent_ping + sent_time - 2
+        assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 0
+
+    async def test_requests_carry_increasing_req_id(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """Each message carries the correlation field, increasing per connection from 1."""
+        await start_daemon(target("t", server.url))
+        await server.wait_for(lambda: len(server.requests) >= 4)
+        ids = [r["req_id"] for r in server.requests[:4]]
+        assert ids == [1, 2, 3, 4]
+        assert all(r["ping"] == 1 for r in server.requests[:4])
+
+    async def test_ws_ping_frames_are_timed(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A ws-ping probe sends protocol ping frames, one per probe sent, timed to the pong."""
+        probes = [{"name": "frame", "kind": "ws-ping", "interval": "50ms", "timeout": "40ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes))
+        await server.wait_for(lambda: server.pings_received >= 5)
+        await h.daemon.stop()
+        assert h.value("wsmon_probes_sent_total", target="t", probe="frame") == (
+            server.pings_received
+        )
+        answered = h.value("wsmon_probe_rtt_seconds_count", target="t", probe="frame")
+        assert answered >= server.pings_received - 1
+        assert 0 < h.value("wsmon_probe_last_rtt_seconds", target="t", probe="frame") < 0.040
+        assert server.requests == []  # no app-level message was sent
+
+    async def test_server_time_offset(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A `time` reply 100 s ahead of our clock reads as a +100 s offset (within 1 s)."""
+
+        def ahead(req: dict[str, Any]) -> list[str | bytes] | None:
+            if "time" not in req:
+                return None
+            reply = {"msg_type": "time", "time": int(time.time()) + 100, "req_id": req["req_id"]}
+            return [json.dumps(reply)]
+
+        server.responder = ahead
+        probes = [{"name": "time", "send": {"time": 1}, "interval": "50ms", "timeout": "40ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes))
+        assert not h.exists("wsmon_server_time_offset_seconds", target="t")
+        await h.wait_for(lambda: h.exists("wsmon_server_time_offset_seconds", target="t"))
+        assert 99.0 <= h.value("wsmon_server_time_offset_seconds", target="t") <= 100.5
+
+
+class TestCloseCodes:
+    async def test_peer_close_frame_code(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A close frame 4001 counts as code 4001, origin peer, and the target reconnects."""
+        h = await start_daemon(target("t", server.url))
+        await server.wait_for(lambda: server.open_connections == 1)
+        await server.close_all(4001, b"bye")
+        await server.wait_for(lambda: server.connections == 2)
+        await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
+        assert h.value("wsmon_disconnects_total", target="t", code="4001", origin="peer") == 1
+        assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 0
+        assert h.value("wsmon_last_close_code", target="t") == 4001
+        assert h.value("wsmon_reconnects_total", target="t") == server.connections - 1 == 1
+        (event,) = h.events("disconnect")
+        assert event["code"] == 4001
+        assert event["origin"] == "peer"
+        assert event["reason"] == "bye"
+        assert event["uptime_s"] > 0
+
+    async def test_tcp_abort_is_1006_network(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A TCP reset without a close frame counts as 1006, origin network."""
+        h = await start_daemon(target("t", server.url))
+        await server.wait_for(lambda: server.open_connections == 1)
+        await server.abort_all()
+        await server.wait_for(lambda: server.connections == 2)
+        await h.wait_for(lambda: h.value("wsmon_reconnects_total", target="t") == 1)
+        assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 1
+        assert h.value("wsmon_disconnects_total", target="t", code="1000", origin="peer") == 0
+
+    async def test_fin_without_close_frame_is_1006_network(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A clean TCP FIN with no close frame is still 1006: no close frame, no peer code."""
+        h = await start_daemon(target("t", server.url))
+        await server.wait_for(lambda: server.open_connections == 1)
+        await server.fin_all()
+        await h.wait_for(lambda: h.value("wsmon_reconnects_total", target="t") == 1)
+        assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 1
+        assert h.value("wsmon_disconnects_total", target="t", code="1000", origin="peer") == 0
+        assert h.value("wsmon_last_close_code", target="t") == 1006
+
+    async def test_counters_equal_server_truth_over_many_drops(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """After a mix of closes and aborts, every counter equals what the server saw."""
+        h = await start_daemon(target("t", server.url))
+        actions = [("close", 1001), ("abort", 0), ("close", 4002), ("fin", 0), ("close", 1001)]
+        for n, (what, code) in enumerate(actions, start=1):
+            await server.wait_for(
+                lambda n=n: server.open_connections == 1 and server.connections == n
+            )  # type: ignore[misc]
+            if what == "close":
+                await server.close_all(code)
+            elif what == "abort":
+                await server.abort_all()
+            else:
+                await server.fin_all()
+        await server.wait_for(lambda: server.connections == len(actions) + 1)
+        await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
+        assert h.value("wsmon_reconnects_total", target="t") == len(actions)
+        assert h.value("wsmon_disconnects_total", target="t", code="1001", origin="peer") == 2
+        assert h.value("wsmon_disconnects_total", target="t", code="4002", origin="peer") == 1
+        assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 2
+        assert h.value("wsmon_connect_attempts_total", target="t") == server.connections
+        assert (
+            h.value("wsmon_probes_sent_total", target="t", probe="ping")
+            >= server.request_count("ping") - 1
+        )
+
+
+class TestDeadConnection:
+    async def test_silent_server_is_closed_locally_and_reconnected(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A server that stops answering is declared dead within 2 x (interval + timeout):
+        two probe timeouts, a local close with 1011 that the server receives, a reconnect."""
+        interval, timeout = 0.2, 0.1
+        probes = [{**PING, "interval": f"{interval}s", "timeout": f"{timeout}s"}]
+        h = await start_daemon(target("t", server.url, probes=probes))
+        await h.wait_for(lambda: h.value("wsmon_up", target="t") == 1)
+        loop = asyncio.get_running_loop()
+        server.silent = True
+        went_silent = loop.time()
+        await h.wait_for(
+            lambda: h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") == 1
+        )
+        detected = loop.time() - went_silent
+        assert detected <= 2 * (interval + timeout) + 0.05
+        assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 2
+        assert h.value("wsmon_up", target="t") == 0
+        await server.wait_for(lambda: 1011 in server.close_frames)
+        server.silent = False
+        await h.wait_for(lambda: h.value("wsmon_up", target="t") == 1)
+        assert h.value("wsmon_reconnects_total", target="t") == 1 == server.connections - 1
+        assert len(h.events("probe.timeout")) == 2
+
+    async def test_dead_after_timeouts_is_configurable(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """With dead_after_timeouts: 4 the connection survives three timeouts."""
+        probes = [{**PING, "interval": "60ms", "timeout": "30ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes, dead_after_timeouts=4))
+        await h.wait_for(lambda: h.value("wsmon_up", target="t") == 1)
+        server.silent = True
+        await h.wait_for(
+            lambda: h.value("wsmon_probe_timeouts_total", target="t", probe="ping") >= 3
+        )
+        assert h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") == 0
+        await h.wait_for(
+            lambda: h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") == 1
+        )
+        assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 4
+
+    async def test_unanswered_ping_frames_declare_dead(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A server that never answers protocol pings is detected by a ws-ping probe."""
+        server.answer_pings = False
+        probes = [{"name": "frame", "kind": "ws-ping", "interval": "60ms", "timeout": "30ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes))
+        await h.wait_for(
+            lambda: h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") >= 1
+        )
+        assert h.value("wsmon_probe_timeouts_total", target="t", probe="frame") >= 2
+
+
+class TestReplies:
+    async def test_api_error_reply(self, server: WSTestServer, start_daemon: StartDaemon) -> None:
+        """A Deriv error reply counts as `api_error`, logs its code, and leaves up at 0."""
+
+        def rate_limited(req: dict[str, Any]) -> list[str | bytes]:
+            err = {"code": "RateLimit", "message": "You have reached the rate limit"}
+            return [json.dumps({"error": err, "msg_type": "ping", "req_id": req["req_id"]})]
+
+        server.responder = rate_limited
+        h = await start_daemon(target("t", server.url))
+        await h.wait_for(
+            lambda: (
+                h.value("wsmon_probe_errors_total", target="t", probe="ping", reason="api_error")
+                >= 2
+            )
+        )
+        assert h.value("wsmon_up", target="t") == 0
+        assert h.value("wsmon_connected", target="t") == 1
+        assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 0
+        assert h.events("probe.error")[0]["error"] == "RateLimit"
+        assert h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") == 0
+
+    async def test_unexpected_reply(self, server: WSTestServer, start_daemon: StartDaemon) -> None:
+        """A reply that fails the `expect` subset match counts as `unexpected_reply`."""
+        server.responder = lambda req: [json.dumps({"msg_type": "other", "req_id": req["req_id"]})]
+        h = await start_daemon(target("t", server.url))
+        await h.wait_for(
+            lambda: (
+                h.value(
+                    "wsmon_probe_errors_total", target="t", probe="ping", reason="unexpected_reply"
+                )
+                >= 2
+            )
+        )
+        assert h.value("wsmon_up", target="t") == 0
+
+    async def test_stray_replies_never_match_a_probe(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """Invalid JSON, binary frames, missing or unknown req_id are counted as unmatched and
+        never complete a probe: every ping times out, the connection stays until dead."""
+
+        def junk(req: dict[str, Any]) -> list[str | bytes]:
+            return ["not json", b"\x00\x01", json.dumps({"msg_type": "ping"}),
+                    json.dumps({"msg_type": "ping", "req_id": req["req_id"] + 1000}),
+                    json.dumps({"msg_type": "ping", "req_id": True})]  # fmt: skip
+
+        server.responder = junk
+        probes = [{**PING, "interval": "100ms", "timeout": "50ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes, dead_after_timeouts=50))
+        await h.wait_for(
+            lambda: h.value("wsmon_probe_timeouts_total", target="t", probe="ping") >= 3
+        )
+        sent = h.value("wsmon_probes_sent_total", target="t", probe="ping")
+        assert h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping") == 0
+        unmatched = {
+            r: h.value("wsmon_unmatched_messages_total", target="t", reason=r)
+            for r in ("invalid_json", "binary", "missing_id", "unknown_id")
+        }
+        assert unmatched["invalid_json"] >= 3
+        assert unmatched["binary"] >= 3
+        assert unmatched["missing_id"] >= 6  # no req_id, and `true` is not an id
+        assert unmatched["unknown_id"] >= 3
+        assert unmatched["invalid_json"] <= sent
+        assert h.value("wsmon_connected", target="t") == 1

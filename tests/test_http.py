@@ -1,0 +1,104 @@
+"""The HTTP endpoints and the metric families every target has from the start."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+
+import aiohttp
+from conftest import StartDaemon, target
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from wsserver import WSTestServer
+
+from monitor.metrics import Metrics
+
+CONTRACT_FAMILIES = {
+    "wsmon_up", "wsmon_connected", "wsmon_connect_attempts", "wsmon_connect_failures",
+    "wsmon_connect_duration_seconds", "wsmon_reconnects", "wsmon_disconnects",
+    "wsmon_last_close_code", "wsmon_connection_established_timestamp_seconds",
+    "wsmon_probe_rtt_seconds", "wsmon_probe_last_rtt_seconds", "wsmon_probes_sent",
+    "wsmon_probe_timeouts", "wsmon_probe_errors", "wsmon_probe_last_success_timestamp_seconds",
+    "wsmon_server_time_offset_seconds", "wsmon_messages_received", "wsmon_targets",
+    "wsmon_build_info", "wsmon_config_last_reload_successful",
+    "wsmon_config_last_reload_success_timestamp_seconds",
+}  # fmt: skip
+
+
+def test_every_contract_metric_is_registered() -> None:
+    """Every metric the contract names exists on a fresh registry, and nothing is global."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    names = {m.name for m in registry.collect()}
+    assert names >= CONTRACT_FAMILIES
+
+
+async def test_endpoints(server: WSTestServer, start_daemon: StartDaemon) -> None:
+    """/metrics (plain and gzip), /healthz and /readyz answer; series exist up front."""
+    h = await start_daemon(target("t", server.url))
+    await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        plain = {"Accept-Encoding": "identity"}
+        async with http.get(f"{h.base_url}/metrics", headers=plain) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = (await r.read()).decode()
+        async with http.get(f"{h.base_url}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(await r.read()).startswith(b"# HELP")
+        async with http.get(f"{h.base_url}/healthz") as r:
+            assert r.status == 200
+        async with http.get(f"{h.base_url}/readyz") as r:
+            assert r.status == 200
+            assert "1 targets" in await r.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert set(families) >= CONTRACT_FAMILIES - {"wsmon_server_time_offset_seconds"}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))) for f in families.values() for s in f.samples
+    }
+    for reason in ("dns", "refused", "timeout", "tls", "handshake", "other"):
+        assert ("wsmon_connect_failures_total", (("reason", reason), ("target", "t"))) in samples
+    for reason in ("api_error", "unexpected_reply", "invalid_json", "send_failed"):
+        key = ("wsmon_probe_errors_total", (("probe", "ping"), ("reason", reason), ("target", "t")))
+        assert key in samples
+    assert not any(s[0].endswith("_created") for s in samples)
+    assert h.value("wsmon_targets") == 1
+    assert h.value("wsmon_config_last_reload_successful") == 1
+
+
+async def test_readyz_waits_for_first_attempt(start_daemon: StartDaemon) -> None:
+    """/readyz is 503 while a target's first handshake is still in flight."""
+    with socket.socket() as listener:  # accepts TCP, never answers the upgrade
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        h = await start_daemon(target("slow", f"ws://127.0.0.1:{port}/", connect_timeout="1s"))
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{h.base_url}/readyz") as r:
+                assert r.status == 503
+                assert "slow" in await r.text()
+            await h.wait_for(lambda: h.daemon._readiness()[0], timeout=3)
+            async with http.get(f"{h.base_url}/readyz") as r:
+                assert r.status == 200
+
+
+async def test_reload_keeps_unchanged_and_drops_removed(
+    server: WSTestServer, other_server: WSTestServer, start_daemon: StartDaemon
+) -> None:
+    """A reload keeps an unchanged target's connection, closes a removed one with 1000 and
+    removes its series."""
+    from monitor import config
+
+    keep = target("keep", server.url)
+    h = await start_daemon(keep, target("gone", other_server.url))
+    await server.wait_for(lambda: server.open_connections == 1)
+    await other_server.wait_for(lambda: other_server.open_connections == 1)
+    import yaml
+
+    new = config.loads(yaml.safe_dump({"listen": "127.0.0.1:0", "targets": [keep]}))
+    assert await h.daemon.reload(new)
+    await other_server.wait_for(lambda: 1000 in other_server.close_frames)
+    assert server.connections == 1
+    assert not h.exists("wsmon_connected", target="gone")
+    assert h.value("wsmon_connected", target="keep") == 1
+    assert h.value("wsmon_targets") == 1
