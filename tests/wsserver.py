@@ -168,7 +168,7 @@ class WSTestServer:
     async def wait_for(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - part of the required interface
+        timeout: float = 5.0,
     ) -> None:
         """Poll ``predicate`` every 10 ms; raise AssertionError if still false after timeout."""
         loop = asyncio.get_running_loop()
