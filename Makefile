@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check monitor tests bench
-	$(BIN)/ruff format --check monitor tests bench
+	$(BIN)/ruff check monitor tests $(wildcard bench)
+	$(BIN)/ruff format --check monitor tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy monitor
