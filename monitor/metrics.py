@@ -137,8 +137,12 @@ class Metrics:
             registry=r,
         )
 
-    def for_target(self, name: str, probes: Iterable[str]) -> TargetMetrics:
-        """Create every series of a target up front and return handles to them."""
+    def for_target(self, name: str, probes: Iterable[tuple[str, str]]) -> TargetMetrics:
+        """Create every series of a target up front and return handles to them.
+
+        `probes` holds (name, kind) pairs; a ws-ping probe can only fail to send, so it gets
+        no series for reasons that apply to replies.
+        """
         return TargetMetrics(self, name, tuple(probes))
 
     def remove_target(self, name: str) -> None:
@@ -164,19 +168,20 @@ class Metrics:
 class ProbeMetrics:
     """Pre-bound series of one probe."""
 
-    def __init__(self, m: Metrics, target: str, probe: str) -> None:
+    def __init__(self, m: Metrics, target: str, probe: str, kind: str) -> None:
         self.rtt = m.rtt.labels(target, probe)
         self.last_rtt = m.last_rtt.labels(target, probe)
         self.sent = m.probes_sent.labels(target, probe)
         self.timeouts = m.probe_timeouts.labels(target, probe)
-        self.errors = {r: m.probe_errors.labels(target, probe, r) for r in PROBE_ERROR_REASONS}
+        reasons = PROBE_ERROR_REASONS if kind == "message" else ("send_failed",)
+        self.errors = {r: m.probe_errors.labels(target, probe, r) for r in reasons}
         self.last_success = m.last_success.labels(target, probe)
 
 
 class TargetMetrics:
     """Pre-bound series of one target, so the hot path does no label lookups."""
 
-    def __init__(self, m: Metrics, target: str, probes: tuple[str, ...]) -> None:
+    def __init__(self, m: Metrics, target: str, probes: tuple[tuple[str, str], ...]) -> None:
         self._m = m
         self.target = target
         self.up = m.up.labels(target)
@@ -196,7 +201,7 @@ class TargetMetrics:
         self._time_offset: Gauge | None = None
         self.messages_received = m.messages_received.labels(target)
         self.unmatched = {r: m.unmatched.labels(target, r) for r in UNMATCHED_REASONS}
-        self.probes = {p: ProbeMetrics(m, target, p) for p in probes}
+        self.probes = {name: ProbeMetrics(m, target, name, kind) for name, kind in probes}
 
     def set_time_offset(self, seconds: float) -> None:
         if self._time_offset is None:

@@ -33,7 +33,7 @@ class TargetRunner:
     ) -> None:
         self.target = target
         self.http = http
-        self.m = metrics.for_target(target.name, (p.name for p in target.probes))
+        self.m = metrics.for_target(target.name, ((p.name, p.kind) for p in target.probes))
         self.log = log
         self.slots = slots
         self.rng = rng or random.Random()

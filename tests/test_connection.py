@@ -300,3 +300,88 @@ class TestReplies:
         assert unmatched["unknown_id"] >= 3
         assert unmatched["invalid_json"] <= sent
         assert h.value("wsmon_connected", target="t") == 1
+
+
+class TestInOrder:
+    async def test_null_correlation_matches_in_order(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """With `correlation_field: null` no id is added and replies match oldest-first."""
+        probes = [{**PING, "interval": "60ms", "timeout": "50ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes, correlation_field=None))
+        await h.wait_for(
+            lambda: h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping") >= 3
+        )
+        assert all("req_id" not in r for r in server.requests)
+        assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 0
+
+
+class TestBackoffInPractice:
+    async def test_try_again_later_waits_initial_delay(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """After close 1013 (try again later) the next handshake waits >= initial_delay."""
+        reconnect = {"initial_delay": "300ms", "max_delay": "400ms", "reset_after": "10s"}
+        h = await start_daemon(target("t", server.url, reconnect=reconnect))
+        await server.wait_for(lambda: server.open_connections == 1)
+        loop = asyncio.get_running_loop()
+        await server.close_all(1013)
+        closed = loop.time()
+        await server.wait_for(lambda: server.connections == 2)
+        assert loop.time() - closed >= 0.3
+        (scheduled,) = h.events("reconnect.scheduled")
+        assert scheduled["delay_s"] >= 0.3
+
+    async def test_backoff_resets_only_after_a_stable_connection(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """Quick drops keep growing the attempt count; a connection that stayed up for
+        `reset_after` starts it again from 1."""
+        reconnect = {"initial_delay": "10ms", "max_delay": "20ms", "reset_after": "300ms"}
+        h = await start_daemon(target("t", server.url, reconnect=reconnect))
+        for n in (1, 2, 3):
+            await server.wait_for(
+                lambda n=n: server.connections == n and server.open_connections == 1
+            )  # type: ignore[misc]
+            await server.abort_all()
+        await server.wait_for(lambda: server.connections == 4 and server.open_connections == 1)
+        await asyncio.sleep(0.35)
+        await server.abort_all()
+        await server.wait_for(lambda: server.connections == 5)
+        attempts = [e["attempt"] for e in h.events("reconnect.scheduled")]
+        assert attempts == [1, 2, 3, 1]
+
+
+async def test_server_pings_are_answered(start_daemon: StartDaemon) -> None:
+    """Ping frames from the server are answered with matching pongs (the monitor handles
+    ping/pong itself so that it can time its own pings)."""
+    from aiohttp import WSMsgType, web
+
+    pongs: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        for n in range(3):
+            await ws.ping(f"srv-{n}".encode())
+            msg = await ws.receive(timeout=2)
+            while msg.type is WSMsgType.TEXT:  # skip probe traffic
+                msg = await ws.receive(timeout=2)
+            if msg.type is WSMsgType.PONG:
+                pongs.append(msg.data)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        h = await start_daemon(target("t", f"ws://127.0.0.1:{port}/ws"))
+        await h.wait_for(lambda: len(pongs) == 3)
+        assert pongs == [b"srv-0", b"srv-1", b"srv-2"]
+    finally:
+        await runner.cleanup()
