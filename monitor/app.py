@@ -17,6 +17,7 @@ from .config import Config, ConfigError, parse_listen
 from .exposition import build_app
 from .log import Logging
 from .metrics import Metrics
+from .session import dns_timing, socket_factory
 from .supervisor import Supervisor
 
 SHUTDOWN_CLOSE_CODE = 1001  # going away
@@ -62,8 +63,14 @@ class Daemon:
         """Listen on HTTP, then start every target."""
         self.http = aiohttp.ClientSession(
             # The default limit of 100 would silently stall the 101st WebSocket.
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True),
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=0,
+                enable_cleanup_closed=True,
+                socket_factory=socket_factory(self.config.tcp),
+            ),
             cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[dns_timing()],
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
         )

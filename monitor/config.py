@@ -6,6 +6,7 @@ import difflib
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_LISTEN = "127.0.0.1:9815"
@@ -117,6 +119,52 @@ class ProbeConfig(_Strict):
         return v
 
 
+class TLSConfig(_Strict):
+    """TLS options of a wss:// target."""
+
+    ca_file: str | None = None  # PEM bundle to trust instead of the system store
+    insecure_skip_verify: bool = False  # no certificate or host name check (testing only)
+    server_name: str | None = None  # SNI and the name the certificate must carry
+    cert_file: str | None = None  # client certificate (PEM) for mutual TLS
+    key_file: str | None = None  # its private key; may be omitted when in cert_file
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not os.access(v, os.R_OK):
+            raise ValueError(f"cannot read file {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _loads(self) -> TLSConfig:
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file")
+        try:
+            self.context()
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"cannot load TLS files: {exc}") from None
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """The client SSL context these options describe."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+class TCPConfig(_Strict):
+    """Socket options that find a vanished peer even when no probe is running."""
+
+    keepalive_idle: Duration = 30.0  # idle time before the first keepalive probe
+    keepalive_interval: Duration = 10.0  # between unanswered keepalive probes
+    keepalive_count: int = Field(default=3, ge=1, le=127)  # unanswered probes before reset
+    user_timeout: Duration = 60.0  # sent data unacknowledged this long fails the connection
+
+
 def _default_probes() -> list[ProbeConfig]:
     return [ProbeConfig(name="ping", send={"ping": 1}, expect={"msg_type": "ping"}, interval=30.0)]
 
@@ -134,6 +182,7 @@ class TargetSettings(_Strict):
     # Consecutive probe timeouts after which the connection is declared dead and closed.
     dead_after_timeouts: int = Field(default=2, ge=1)
     max_msg_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    tls: TLSConfig | None = None
 
     @field_validator("probes")
     @classmethod
@@ -169,6 +218,12 @@ class TargetConfig(TargetSettings):
             raise ValueError("URL has no host")
         return v
 
+    @model_validator(mode="after")
+    def _tls_needs_wss(self) -> TargetConfig:
+        if self.tls is not None and not self.url.startswith("wss:"):
+            raise ValueError("`tls` options need a wss:// URL")
+        return self
+
 
 class LogConfig(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
@@ -180,6 +235,7 @@ class _RawConfig(_Strict):
     log: LogConfig = LogConfig()
     # Handshakes in flight at once, across all targets (protects against reconnect storms).
     max_concurrent_handshakes: int = Field(default=50, ge=1)
+    tcp: TCPConfig = TCPConfig()
     defaults: TargetSettings = TargetSettings()
 
     @field_validator("listen")
@@ -196,9 +252,12 @@ class Config:
     listen: str
     log: LogConfig
     max_concurrent_handshakes: int
+    tcp: TCPConfig
     targets: tuple[TargetConfig, ...]
     # Strings that must never appear in logs or output (header values, credential parameters,
     # values taken from the environment).
+    # Values shorter than 4 characters are left out: they would redact ordinary words in
+    # every log line (URLs and headers are still redacted structurally, see log.py).
     secrets: frozenset[str]
     source: str = ""
 
@@ -220,14 +279,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` keys may be overridden
+            continue
         key = loader.construct_object(key_node)
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
         seen.add(key)
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node)
 
 
@@ -272,7 +333,10 @@ def _expand_env(
         return _ENV_RE.sub(sub, node)
     if isinstance(node, dict):
         return {
-            k: _expand_env(v, _join(path, str(k)), env, problems, used) for k, v in node.items()
+            _expand_env(k, path, env, problems, used): _expand_env(
+                v, _join(path, str(k)), env, problems, used
+            )
+            for k, v in node.items()
         }
     if isinstance(node, list):
         return [_expand_env(v, f"{path}[{i}]", env, problems, used) for i, v in enumerate(node)]
@@ -398,7 +462,13 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
             problems.extend(_format_errors(exc, TargetConfig, f"targets[{i}]"))
             continue
         merged = _merge(partial, raw.defaults)
-        target = TargetConfig.model_validate({**merged, "name": partial.name, "url": partial.url})
+        try:
+            target = TargetConfig.model_validate(
+                {**merged, "name": partial.name, "url": partial.url}
+            )
+        except ValidationError as exc:  # a default that does not fit this target
+            problems.extend(_format_errors(exc, TargetConfig, f"targets[{i}]"))
+            continue
         if "reconnect" in partial.model_fields_set:
             problems.extend(_check_reconnect(target.reconnect, f"targets[{i}].reconnect"))
         if target.name in names:
@@ -416,8 +486,9 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         listen=raw.listen,
         log=raw.log,
         max_concurrent_handshakes=raw.max_concurrent_handshakes,
+        tcp=raw.tcp,
         targets=tuple(targets),
-        secrets=frozenset(used_env | _target_secrets(targets)),
+        secrets=frozenset(s for s in used_env | _target_secrets(targets) if len(s) >= 4),
         source=source,
     )
 
@@ -457,6 +528,4 @@ def _target_secrets(targets: list[TargetConfig]) -> set[str]:
         if parts.password:
             found.add(parts.password)
         found.update(v for k, v in parse_qsl(parts.query) if v and looks_secret(k))
-    # Very short values would redact ordinary words in every log line; they are still kept
-    # out of URLs and headers by the structural redaction in log.py.
-    return {s for s in found if len(s) >= 4}
+    return found

@@ -13,7 +13,9 @@ CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "oth
 PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
 UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id")
 # Disconnect series created up front: the ones alert rules look at first.
-COMMON_DISCONNECTS = (("1000", "peer"), ("1001", "peer"), ("1006", "network"), ("1011", "peer"))
+COMMON_DISCONNECTS = (
+    ("1000", "peer"), ("1001", "peer"), ("1006", "network"), ("1011", "peer"), ("1011", "local"),
+)  # fmt: skip
 
 # WebSocket round trips on a healthy link take a few ms; a sick one, seconds.
 RTT_BUCKETS = (

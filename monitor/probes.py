@@ -167,6 +167,8 @@ def server_time_offset(msg: dict[str, Any], sent_wall: float, rtt: float) -> flo
         return None
     if not math.isfinite(value) or value < 1e9:  # not an epoch (e.g. the `{"time": 1}` echo)
         return None
+    if value >= 1e11:  # milliseconds: seconds will not reach 1e11 before the year 5000
+        value = value / 1000.0
     return float(value) - (sent_wall + rtt / 2)
 
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
+import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp.connector import AddrInfoType
 from structlog.typing import FilteringBoundLogger
 
-from .config import ProbeConfig, TargetConfig
+from .config import ProbeConfig, TargetConfig, TCPConfig
 from .log import redact_url
 from .metrics import ProbeMetrics, TargetMetrics
 from .probes import Correlator, Pending, PongWaiters, Reply, build_message, judge, parse
@@ -79,14 +83,78 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def tls_context(target: TargetConfig) -> ssl.SSLContext | bool:
+    """What aiohttp's `ssl` argument gets for this target (True: system defaults)."""
+    return target.tls.context() if target.tls is not None else True
+
+
+def socket_factory(tcp: TCPConfig) -> Callable[[AddrInfoType], socket.socket]:
+    """Sockets with TCP keepalive and TCP_USER_TIMEOUT, so that a peer that vanished
+    without a FIN or RST (a black hole) fails the connection even when no probe runs."""
+
+    def make(addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family, type_, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(tcp.keepalive_idle))
+            )
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(tcp.keepalive_interval))
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, tcp.keepalive_count)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(tcp.user_timeout * 1000))
+            )
+        return sock
+
+    return make
+
+
+# Seconds spent resolving names during the current task's handshake (see dns_timing()).
+_dns_seconds: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "wsmon_dns_seconds", default=None
+)
+
+
+def dns_timing() -> aiohttp.TraceConfig:
+    """Trace hooks that time DNS lookups, so the handshake histogram can leave them out.
+
+    The hooks run in the task that called ws_connect, so a context variable set by
+    connect() tells them where to add the time.
+    """
+
+    async def start(_: Any, ctx: Any, __: Any) -> None:
+        ctx.dns_started = time.perf_counter()
+
+    async def end(_: Any, ctx: Any, __: Any) -> None:
+        spent = _dns_seconds.get()
+        if spent is not None and hasattr(ctx, "dns_started"):
+            spent.append(time.perf_counter() - ctx.dns_started)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_dns_resolvehost_start.append(start)
+    trace.on_dns_resolvehost_end.append(end)
+    trace.freeze()
+    return trace
+
+
 async def connect(
-    http: aiohttp.ClientSession, target: TargetConfig, slots: asyncio.Semaphore
+    http: aiohttp.ClientSession,
+    target: TargetConfig,
+    slots: asyncio.Semaphore,
+    tls: ssl.SSLContext | bool = True,
 ) -> tuple[ClientWebSocketResponse, float]:
-    """Open the target's WebSocket; return it and the handshake duration in seconds.
+    """Open the target's WebSocket; return it and the TCP + TLS + upgrade time in seconds.
 
     The whole handshake (DNS, TCP, TLS, HTTP upgrade) is bounded by `connect_timeout`;
-    waiting for a handshake slot is not part of it.
+    waiting for a handshake slot is not part of it, and the returned duration leaves out
+    name resolution.
     """
+    dns: list[float] = []
+    _dns_seconds.set(dns)
     async with slots:
         started = time.perf_counter()
         try:
@@ -97,13 +165,17 @@ async def connect(
                     # Pings and pongs pass through the receive loop: pongs are timed by
                     # ws-ping probes, and the server's pings are answered there.
                     autoping=False,
-                    autoclose=True,
+                    # Close frames too: the peer's close is recorded the moment it arrives,
+                    # before our reply, which can wait on a peer that never finishes.
+                    autoclose=False,
                     max_msg_size=target.max_msg_size,
+                    ssl=tls,
+                    server_hostname=target.tls.server_name if target.tls else None,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.close_timeout),
                 )
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
             raise ConnectFailed(classify(exc), describe(exc)) from exc
-        return ws, time.perf_counter() - started
+        return ws, max(0.0, time.perf_counter() - started - sum(dns))
 
 
 class Session:
@@ -194,11 +266,14 @@ class Session:
                 if pending is not None and not pending.future.done():
                     pending.future.set_result(Reply(received, None))
             elif kind is WSMsgType.CLOSE:
-                if self._local is not None:
+                if self._local is not None:  # the peer's answer to our close
                     return Disconnect(self._local[0], "local", self._local[1])
                 # aiohttp reports a close frame without a status code as code 0.
                 code = int(msg.data) if msg.data else NO_STATUS
-                return Disconnect(code, "peer", str(msg.extra or ""))
+                ended = Disconnect(code, "peer", str(msg.extra or ""))
+                # Complete the closing handshake, echoing the peer's code as RFC 6455 asks.
+                await self._close_now(code if code != NO_STATUS else 1000)
+                return ended
             else:  # CLOSING, CLOSED, ERROR
                 return self._ended_without_close_frame(msg.data)
 

@@ -13,7 +13,7 @@ from structlog.typing import FilteringBoundLogger
 from .backoff import full_jitter
 from .config import Config, TargetConfig
 from .metrics import Metrics
-from .session import ConnectFailed, Disconnect, Session, connect, safe_url
+from .session import ConnectFailed, Disconnect, Session, connect, safe_url, tls_context
 
 # Close codes by which a server asks clients to come back later, not at once.
 TRY_AGAIN_LATER = frozenset({1012, 1013})
@@ -37,6 +37,7 @@ class TargetRunner:
         self.log = log
         self.slots = slots
         self.rng = rng or random.Random()
+        self.tls = tls_context(target)
         self.attempted = asyncio.Event()  # set once the first handshake attempt has finished
         self._session: Session | None = None
         self._stop_code: int | None = None
@@ -72,7 +73,7 @@ class TargetRunner:
             while True:
                 m.connect_attempts.inc()
                 try:
-                    ws, duration = await connect(self.http, t, self.slots())
+                    ws, duration = await connect(self.http, t, self.slots(), self.tls)
                 except ConnectFailed as exc:
                     self.attempted.set()
                     m.connect_failures[exc.reason].inc()

@@ -144,3 +144,24 @@ class TestValues:
         with pytest.raises(config.ConfigError) as err:
             config.loads("")
         assert err.value.problems == ["targets: at least one target is required"]
+
+
+def test_env_in_keys_and_merge_keys() -> None:
+    """`${VAR}` is expanded in mapping keys too; YAML merge keys may be overridden."""
+    cfg = config.loads(
+        """
+        defaults:
+          probes:
+            - &p {name: ping, send: {ping: 1}, interval: 10s, timeout: 1s}
+        targets:
+          - name: a
+            url: "wss://h/"
+            headers: {"${HEADER}": "v"}
+            probes:
+              - {<<: *p, name: other}
+        """,
+        env={"HEADER": "X-Api-Key"},
+    )
+    (t,) = cfg.targets
+    assert t.headers == {"X-Api-Key": "v"}
+    assert [p.name for p in t.probes] == ["other"]
