@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ class _Conn:
     close_request: asyncio.Future[tuple[int, bytes]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    last_message: float = 0.0
+    pong_seen: bool = False
 
 
 def default_reply(request: dict[str, Any]) -> dict[str, Any]:
@@ -71,9 +74,17 @@ def default_reply(request: dict[str, Any]) -> dict[str, Any]:
 class WSTestServer:
     """Deliberately misbehaving WebSocket server on 127.0.0.1, port chosen by the OS."""
 
-    def __init__(self, *, reply_delay: float = 0.0) -> None:
+    def __init__(
+        self, *, reply_delay: float = 0.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.ssl_context = ssl_context
         # knobs
         self.reply_delay: float = reply_delay
+        self.handshake_delay: float = 0.0  # seconds to stall before answering the upgrade
+        self.idle_timeout: float | None = None  # close 1001 after this long without a message
+        self.stream_rate: float = 0.0  # unsolicited messages per second on every connection
+        self.ping_interval: float | None = None  # server-initiated ping frames
+        self.close_unponged: bool = False  # with ping_interval: close 1011 if no pong came
         self.handshake_status: int | None = None
         self.silent: bool = False
         self.answer_pings: bool = True
@@ -87,6 +98,13 @@ class WSTestServer:
         self.pings_received: int = 0
         self.close_frames: list[int | None] = []
         self.reply_errors: list[Exception] = []  # exceptions swallowed while sending replies
+        self.handshakes_in_progress: int = 0
+        self.max_concurrent_handshakes: int = 0
+        self.accepted_at: list[float] = []  # loop.time() of every accepted handshake
+        self.idle_closes: int = 0
+        self.server_pings_sent: int = 0
+        self.pongs_received: int = 0
+        self.streamed: int = 0
         # internals
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -104,7 +122,7 @@ class WSTestServer:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
             await site.start()
             self._port = int(runner.addresses[0][1])
         except BaseException:
@@ -157,7 +175,8 @@ class WSTestServer:
     @property
     def url(self) -> str:
         """WebSocket URL of the server."""
-        return f"ws://127.0.0.1:{self.port}{_WS_PATH}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}{_WS_PATH}"
 
     # ------------------------------------------------------------------ truth helpers
 
@@ -191,6 +210,13 @@ class WSTestServer:
         conns = list(self._conns)
         for conn in conns:
             self._request_close(conn, code, message)
+        await self._wait_done(conns)
+
+    async def close_no_status_all(self) -> None:
+        """Send a close frame with no status code (empty payload) on every connection."""
+        conns = list(self._conns)
+        for conn in conns:
+            self._request_close(conn, 0, b"")
         await self._wait_done(conns)
 
     async def abort_all(self) -> None:
@@ -237,21 +263,42 @@ class WSTestServer:
         if self.handshake_status is not None:
             return web.Response(status=self.handshake_status)
         ws = web.WebSocketResponse(autoping=False, autoclose=True, timeout=_CLOSE_REPLY_TIMEOUT)
+        self.handshakes_in_progress += 1
+        self.max_concurrent_handshakes = max(
+            self.max_concurrent_handshakes, self.handshakes_in_progress
+        )
         try:
+            if self.handshake_delay > 0:
+                await asyncio.sleep(self.handshake_delay)
             await ws.prepare(request)
         except web.HTTPException:
             raise  # not a valid upgrade request: let aiohttp answer it
         except Exception:
             return ws  # client vanished during the handshake
+        finally:
+            self.handshakes_in_progress -= 1
+        self.accepted_at.append(asyncio.get_running_loop().time())
         conn = _Conn(request, ws)
         self.connections += 1
         self.open_connections += 1
         self._conns.add(conn)
         reader = asyncio.create_task(self._read_loop(conn))
+        extras = [asyncio.create_task(self._background(conn))]
         try:
             either: list[asyncio.Future[Any]] = [reader, conn.close_request]
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
+            for task in extras:
+                task.cancel()
+            await asyncio.gather(*extras, return_exceptions=True)
+            if not reader.done() and conn.close_request.result()[0] == 0:
+                # A close frame without a status code, written by hand (aiohttp always
+                # sends one); the reader records the client's answer.
+                await ws._writer.send_frame(b"", WSMsgType.CLOSE)  # type: ignore[union-attr]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reader), _CLOSE_REPLY_TIMEOUT)
+                if request.transport is not None:
+                    request.transport.close()
+            elif not reader.done():
                 # close_all()/stop(): stop reading, then run the close handshake from this task
                 # so that aiohttp waits for (and reports) the client's close frame.
                 reader.cancel()
@@ -266,6 +313,9 @@ class WSTestServer:
         except Exception:
             pass  # a disappearing client is normal here: end quietly
         finally:
+            for task in extras:
+                task.cancel()
+            await asyncio.gather(*extras, return_exceptions=True)
             if not reader.done():
                 reader.cancel()
                 await asyncio.wait([reader])
@@ -276,10 +326,46 @@ class WSTestServer:
             conn.done.set()
         return ws
 
+    async def _background(self, conn: _Conn) -> None:
+        """Per-connection behaviours that run beside the reader: idle timeout, server pings,
+        a message stream. Any of them ending the connection requests a close."""
+        loop = asyncio.get_running_loop()
+        conn.last_message = loop.time()
+        next_ping = loop.time() + (self.ping_interval or 0)
+        streamed_at = loop.time()
+        ponged = True
+        tick = 0.01
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            if self.idle_timeout is not None and now - conn.last_message > self.idle_timeout:
+                self.idle_closes += 1
+                self._request_close(conn, 1001, b"idle")
+                return
+            if self.ping_interval is not None and now >= next_ping:
+                if self.close_unponged and not ponged:
+                    self._request_close(conn, 1011, b"no pong")
+                    return
+                ponged = False
+                conn.pong_seen = False
+                await conn.ws.ping(b"srv")
+                self.server_pings_sent += 1
+                next_ping = now + self.ping_interval
+            ponged = ponged or conn.pong_seen
+            if self.stream_rate > 0:
+                due = int((now - streamed_at) * self.stream_rate)
+                for _ in range(due):
+                    self.streamed += 1
+                    tick_msg = {"msg_type": "tick", "tick": {"quote": 1.2345, "n": self.streamed}}
+                    await conn.ws.send_str(json.dumps(tick_msg))
+                streamed_at += due / self.stream_rate
+
     async def _read_loop(self, conn: _Conn) -> None:
         ws = conn.ws
         while True:
             msg = await ws.receive()
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                conn.last_message = asyncio.get_running_loop().time()
             if msg.type is WSMsgType.TEXT:
                 self._on_text(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
@@ -289,7 +375,8 @@ class WSTestServer:
                 if self.answer_pings:
                     await ws.pong(msg.data)
             elif msg.type is WSMsgType.PONG:
-                continue
+                self.pongs_received += 1
+                conn.pong_seen = True
             elif msg.type is WSMsgType.CLOSE:
                 # autoclose already answered; aiohttp reports an empty close frame as code 0
                 code = int(msg.data)
