@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import NamedTuple
 
 
 def capped(initial: float, maximum: float, multiplier: float, attempt: int) -> float:
@@ -19,12 +20,19 @@ def capped(initial: float, maximum: float, multiplier: float, attempt: int) -> f
     return min(initial, maximum)
 
 
+class Delay(NamedTuple):
+    """One reconnect delay and the window it was drawn from."""
+
+    seconds: float
+    ceiling: float
+
+
 def full_jitter(
     initial: float,
     maximum: float,
     multiplier: float,
     rng: random.Random | None = None,
-) -> Iterator[float]:
+) -> Iterator[Delay]:
     """Yield delays `uniform(0, min(maximum, initial * multiplier**n))` for n = 0, 1, 2, ...
 
     Full jitter spreads a fleet of clients that lost their connections at the same moment
@@ -33,5 +41,6 @@ def full_jitter(
     draw = (rng or random.Random()).uniform
     attempt = 0
     while True:
-        yield draw(0.0, capped(initial, maximum, multiplier, attempt))
+        ceiling = capped(initial, maximum, multiplier, attempt)
+        yield Delay(draw(0.0, ceiling), ceiling)
         attempt += 1

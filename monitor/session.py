@@ -43,10 +43,11 @@ class Disconnect:
 class ConnectFailed(Exception):
     """A handshake that did not produce an open WebSocket."""
 
-    def __init__(self, reason: str, error: str) -> None:
+    def __init__(self, reason: str, error: str, duration: float = 0.0) -> None:
         super().__init__(error)
         self.reason = reason
         self.error = error
+        self.duration = duration  # seconds from the start of the handshake to the failure
 
 
 def classify(exc: BaseException) -> str:
@@ -174,7 +175,8 @@ async def connect(
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.close_timeout),
                 )
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
-            raise ConnectFailed(classify(exc), describe(exc)) from exc
+            spent = time.perf_counter() - started
+            raise ConnectFailed(classify(exc), describe(exc), spent) from exc
         return ws, max(0.0, time.perf_counter() - started - sum(dns))
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import aiohttp
 from structlog.typing import FilteringBoundLogger
 
-from .backoff import full_jitter
+from .backoff import Delay, full_jitter
 from .config import Config, TargetConfig
 from .metrics import Metrics
 from .session import ConnectFailed, Disconnect, Session, connect, safe_url, tls_context
@@ -83,6 +83,7 @@ class TargetRunner:
                         url=safe_url(t),
                         reason=exc.reason,
                         error=exc.error,
+                        duration_ms=round(exc.duration * 1e3, 3),
                     )
                     attempt += 1
                     await self._pause(next(backoff), attempt, None)
@@ -122,17 +123,22 @@ class TargetRunner:
         finally:
             self.attempted.set()
 
-    def _backoff(self) -> Iterator[float]:
+    def _backoff(self) -> Iterator[Delay]:
         r = self.target.reconnect
         return full_jitter(r.initial_delay, r.max_delay, r.multiplier, self.rng)
 
-    async def _pause(self, delay: float, attempt: int, ended: Disconnect | None) -> None:
+    async def _pause(self, delay: Delay, attempt: int, ended: Disconnect | None) -> None:
+        seconds = delay.seconds
         if ended is not None and ended.code in TRY_AGAIN_LATER:
-            delay = max(delay, self.target.reconnect.initial_delay)
+            seconds = max(seconds, self.target.reconnect.initial_delay)
         self.log.info(
-            "reconnect.scheduled", target=self.target.name, attempt=attempt, delay_s=round(delay, 3)
+            "reconnect.scheduled",
+            target=self.target.name,
+            attempt=attempt,
+            delay_s=round(seconds, 3),
+            ceiling_s=round(delay.ceiling, 3),
         )
-        await asyncio.sleep(delay)
+        await asyncio.sleep(seconds)
 
     def _record(self, ended: Disconnect, uptime: float) -> None:
         self.m.disconnect(ended.code, ended.origin)

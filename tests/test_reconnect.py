@@ -37,9 +37,10 @@ class TestBackoff:
 
         gen = full_jitter(0.5, 8, 2, random.Random(7))
         delays = [next(gen) for _ in range(2000)]
-        for n, d in enumerate(delays):
-            assert 0 <= d <= capped(0.5, 8, 2, n)
-        late = delays[10:]
+        for n, (d, ceiling) in enumerate(delays):
+            assert ceiling == capped(0.5, 8, 2, n)
+            assert 0 <= d <= ceiling
+        late = [d for d, _ in delays[10:]]
         assert max(late) > 7.5
         assert min(late) < 0.5
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["Responder", "WSTestServer"]
+__all__ = ["Responder", "WSTestServer", "main"]
 
 Responder = Callable[[dict[str, Any]], list[str | bytes] | None]
 
@@ -105,6 +105,7 @@ class WSTestServer:
         self.server_pings_sent: int = 0
         self.pongs_received: int = 0
         self.streamed: int = 0
+        self.reply_holds: list[float] = []  # seconds each reply was held: receipt to send
         # internals
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -119,6 +120,8 @@ class WSTestServer:
             raise RuntimeError("WSTestServer already started")
         app = web.Application()
         app.router.add_get(_WS_PATH, self._handle)
+        app.router.add_get("/_stats", self._stats)
+        app.router.add_post("/_control", self._control)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
@@ -241,6 +244,46 @@ class WSTestServer:
             if transport is not None and not transport.is_closing():
                 transport.close()
         await self._wait_done(conns)
+
+    # ------------------------------------------------------------------ remote control
+
+    KNOBS = (
+        "reply_delay", "handshake_status", "silent", "answer_pings", "handshake_delay",
+        "idle_timeout", "stream_rate", "ping_interval", "close_unponged",
+    )  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        """Everything the server saw, as plain JSON-able data."""
+        holds = self.reply_holds
+        return {
+            "http_requests": self.http_requests,
+            "connections": self.connections,
+            "open_connections": self.open_connections,
+            "requests": {k: self.request_count(k) for k in ("ping", "time")},
+            "pings_received": self.pings_received,
+            "close_frames": self.close_frames,
+            "server_pings_sent": self.server_pings_sent,
+            "pongs_received": self.pongs_received,
+            "streamed": self.streamed,
+            "reply_holds": holds,
+        }
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """Set knobs ({"knob": value}) or run an action ({"action": "abort_all"})."""
+        body: dict[str, Any] = await request.json()
+        action = body.pop("action", None)
+        for key, value in body.items():
+            if key not in self.KNOBS:
+                return web.json_response({"error": f"unknown knob {key}"}, status=400)
+            setattr(self, key, value)
+        if action == "close_all":
+            await self.close_all(int(body.get("code", 1000)))
+        elif action in ("abort_all", "fin_all", "close_no_status_all"):
+            await getattr(self, action)()
+        return web.json_response(self.stats())
 
     # ------------------------------------------------------------------ internals
 
@@ -396,11 +439,14 @@ class WSTestServer:
         self.requests.append(request)
         if self.silent:
             return
-        task = asyncio.create_task(self._reply(conn, request, self.reply_delay))
+        received = asyncio.get_running_loop().time()
+        task = asyncio.create_task(self._reply(conn, request, self.reply_delay, received))
         self._reply_tasks.add(task)
         task.add_done_callback(self._reply_tasks.discard)
 
-    async def _reply(self, conn: _Conn, request: dict[str, Any], delay: float) -> None:
+    async def _reply(
+        self, conn: _Conn, request: dict[str, Any], delay: float, received: float
+    ) -> None:
         try:
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -415,8 +461,27 @@ class WSTestServer:
                 if isinstance(frame, bytes):
                     await conn.ws.send_bytes(frame)
                 else:
+                    self.reply_holds.append(asyncio.get_running_loop().time() - received)
                     await conn.ws.send_str(frame)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.reply_errors.append(exc)  # connection gone while replying, or responder bug
+
+
+async def _serve_forever() -> None:
+    async with WSTestServer() as server:
+        print(server.port, flush=True)
+        await asyncio.Event().wait()
+
+
+def main() -> None:
+    """Run as its own process (for tests that freeze it with SIGSTOP or need a separate
+    event loop): prints the port, then serves until killed; `/_control` and `/_stats`
+    drive it."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever())
+
+
+if __name__ == "__main__":
+    main()
