@@ -288,8 +288,11 @@ class Session:
             return Disconnect(int(data.code), "local", str(data))
         # No close frame arrived, whatever aiohttp's close_code says (it reports 1000
         # after a plain TCP FIN).
-        detail = f"{type(data).__name__}: {data}" if isinstance(data, Exception) else ""
-        return Disconnect(ABNORMAL, "network", detail or "connection lost without close frame")
+        # aiohttp does not keep the socket error (reset, timed out) for a WebSocket, so
+        # only an error it reports with the message can be named.
+        if isinstance(data, Exception):
+            return Disconnect(ABNORMAL, "network", f"{type(data).__name__}: {data}")
+        return Disconnect(ABNORMAL, "network", "connection lost without close frame")
 
     def _on_text(self, text: str, received: float) -> None:
         message = parse(text)

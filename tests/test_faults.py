@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -303,3 +307,67 @@ class TestLiveliness:
         mean_rtt, mean_hold = total / count, sum(holds) / len(holds)
         assert mean_hold <= mean_rtt <= mean_hold + 0.002
         assert all(0.020 <= r <= max(holds) + 0.002 for r in rtts), (rtts, max(holds))
+
+
+def _blackhole(keepalive_idle: float, wait: float) -> dict[str, Any]:
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux `unshare` is needed for the black hole test"
+    script = Path(__file__).parent / "blackhole.py"
+    proc = subprocess.run(
+        [unshare, "--net", sys.executable, str(script), str(keepalive_idle), str(wait)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+class TestBlackHole:
+    def test_vanished_peer_detected_without_probes(self) -> None:
+        """A peer whose link goes silent (no FIN, no RST, every packet lost) is detected by
+        TCP keepalive alone, with no probe configured: idle 1 s + 2 x 0.5 s unanswered
+        keepalives, counted as 1006 network."""
+        result = _blackhole(keepalive_idle=1.0, wait=6.0)
+        assert result["detected_s"] is not None
+        assert 1.5 <= result["detected_s"] <= 3.5
+        assert result["network_1006"] == 1
+        (event,) = [e for e in result["events"] if e["event"] == "disconnect"]
+        assert (event["code"], event["origin"]) == (1006, "network")
+
+    def test_control_without_short_keepalive_nothing_is_noticed(self) -> None:
+        """The control case: with a 30 s keepalive idle time the same black hole goes
+        unnoticed for the 3 s the first test needed."""
+        result = _blackhole(keepalive_idle=30.0, wait=3.0)
+        assert result["detected_s"] is None
+        assert result["network_1006"] == 0
+
+
+async def test_thundering_herd_is_spread_and_bounded(
+    server: WSTestServer, start_daemon: StartDaemon
+) -> None:
+    """500 targets lose their connection at once: no more than max_concurrent_handshakes
+    (default 50) handshakes run at once, and reconnects spread over the backoff window."""
+    server.handshake_delay = 0.01  # a handshake the server can see in progress
+    n, window = 500, 0.5
+    reconnect = {"initial_delay": f"{window}s", "max_delay": "2s", "reset_after": "1s"}
+    probes = [{**PING, "interval": "30s", "timeout": "5s"}]
+    targets = [target(f"t{i}", server.url, reconnect=reconnect, probes=probes) for i in range(n)]
+    h = await start_daemon(*targets)
+    await server.wait_for(lambda: server.open_connections == n, timeout=30)
+    assert 1 < server.max_concurrent_handshakes <= 50
+    server.max_concurrent_handshakes = 0
+    await asyncio.sleep(1.1)  # past reset_after: the next delay is drawn from [0, window]
+    await server.abort_all()
+    await server.wait_for(lambda: server.connections == 2 * n, timeout=30)
+    assert 1 < server.max_concurrent_handshakes <= 50
+    delays = [e["delay_s"] for e in h.events("reconnect.scheduled")]
+    assert len(delays) == n
+    assert all(0 <= d <= window for d in delays)
+    # Full jitter: each fifth of the window gets about a fifth of the reconnects.
+    fifths = [
+        sum(1 for d in delays if k * window / 5 <= d < (k + 1) * window / 5) for k in range(5)
+    ]
+    assert all(60 <= f <= 140 for f in fifths), fifths
+    accepted = sorted(server.accepted_at[n:])
+    assert accepted[-1] - accepted[0] >= 0.6 * window
+    assert h.value("wsmon_reconnects_total", target="t0") == 1

@@ -21,6 +21,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,9 +76,14 @@ class WSTestServer:
     """Deliberately misbehaving WebSocket server on 127.0.0.1, port chosen by the OS."""
 
     def __init__(
-        self, *, reply_delay: float = 0.0, ssl_context: ssl.SSLContext | None = None
+        self,
+        *,
+        reply_delay: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.ssl_context = ssl_context
+        self.host = host
         # knobs
         self.reply_delay: float = reply_delay
         self.handshake_delay: float = 0.0  # seconds to stall before answering the upgrade
@@ -125,7 +131,7 @@ class WSTestServer:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
+            site = web.TCPSite(runner, self.host, 0, ssl_context=self.ssl_context)
             await site.start()
             self._port = int(runner.addresses[0][1])
         except BaseException:
@@ -179,7 +185,7 @@ class WSTestServer:
     def url(self) -> str:
         """WebSocket URL of the server."""
         scheme = "wss" if self.ssl_context is not None else "ws"
-        return f"{scheme}://127.0.0.1:{self.port}{_WS_PATH}"
+        return f"{scheme}://{self.host}:{self.port}{_WS_PATH}"
 
     # ------------------------------------------------------------------ truth helpers
 
@@ -469,8 +475,8 @@ class WSTestServer:
             self.reply_errors.append(exc)  # connection gone while replying, or responder bug
 
 
-async def _serve_forever() -> None:
-    async with WSTestServer() as server:
+async def _serve_forever(host: str) -> None:
+    async with WSTestServer(host=host) as server:
         print(server.port, flush=True)
         await asyncio.Event().wait()
 
@@ -479,8 +485,9 @@ def main() -> None:
     """Run as its own process (for tests that freeze it with SIGSTOP or need a separate
     event loop): prints the port, then serves until killed; `/_control` and `/_stats`
     drive it."""
+    host = sys.argv[sys.argv.index("--host") + 1] if "--host" in sys.argv else "127.0.0.1"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever())
+        asyncio.run(_serve_forever(host))
 
 
 if __name__ == "__main__":
