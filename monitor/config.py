@@ -140,9 +140,15 @@ class TLSConfig(_Strict):
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file")
         try:
+            ssl.create_default_context(cafile=self.ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"cannot load ca_file {self.ca_file!r}: {exc}") from None
+        try:
             self.context()
         except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"cannot load TLS files: {exc}") from None
+            raise ValueError(
+                f"cannot load cert_file {self.cert_file!r} / key_file {self.key_file!r}: {exc}"
+            ) from None
         return self
 
     def context(self) -> ssl.SSLContext:

@@ -56,6 +56,13 @@ def classify(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns"
+    # aiohttp wraps a TLS alert read after the handshake (e.g. "certificate required")
+    # in a plain OS error; the SSL error is its cause.
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return "tls"
+        cause = cause.__cause__
     if isinstance(
         exc,
         aiohttp.ClientConnectorCertificateError
