@@ -19,6 +19,7 @@ from .log import Logging
 from .metrics import Metrics
 from .session import dns_timing, socket_factory
 from .supervisor import Supervisor
+from .systemd import Notifier
 
 SHUTDOWN_CLOSE_CODE = 1001  # going away
 
@@ -37,6 +38,7 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
         stop_timeout: float = 4.0,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.logging = logging
@@ -56,6 +58,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self.port = 0
         self._stopped = False
+        self.notifier = notifier or Notifier(env={})
+        self.last_reload_problems: list[str] = []
 
     # --- start ----------------------------------------------------------------------------
 
@@ -79,7 +83,7 @@ class Daemon:
         )
         host, port = parse_listen(self.listen_override or self.config.listen)
         self._runner = web.AppRunner(
-            build_app(self.registry, self._readiness),
+            build_app(self.registry, self._readiness, self._reload_from_http),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=1.0,
@@ -98,6 +102,7 @@ class Daemon:
             targets=len(self.config.targets),
             listen=f"{host}:{self.port}",
         )
+        self.notifier.ready(f"monitoring {len(self.config.targets)} targets")
 
     @property
     def metrics_url(self) -> str:
@@ -123,23 +128,37 @@ class Daemon:
     async def reload(self, new: Config | None = None) -> bool:
         """Apply a new config (re-read from the file by default); a bad one changes nothing."""
         async with self._reload_lock:
-            if new is None:
-                if self.config_path is None:
-                    return False
-                try:
-                    new = config_mod.load(self.config_path)
-                except ConfigError as exc:
-                    self.metrics.reload_ok.set(0)
-                    self.log.error("config.reload_failed", source=exc.source, problems=exc.problems)
-                    return False
-            assert self.supervisor is not None
-            self.logging.redactor.secrets |= new.secrets
-            self.logging.level.level = self.log_level_override or new.log.level
-            changes = await self.supervisor.apply(new)
-            self.config = new
-            self._loaded()
-            self.log.info("config.loaded", source=new.source, targets=len(new.targets), **changes)
-            return True
+            self.notifier.reloading()
+            try:
+                return await self._reload(new)
+            finally:
+                self.notifier.ready(f"monitoring {len(self.config.targets)} targets")
+
+    async def _reload(self, new: Config | None) -> bool:
+        if new is None:
+            if self.config_path is None:
+                self.last_reload_problems = ["no configuration file to reload"]
+                return False
+            try:
+                new = config_mod.load(self.config_path)
+            except ConfigError as exc:
+                self.metrics.reload_ok.set(0)
+                self.last_reload_problems = exc.problems
+                self.log.error("config.reload_failed", source=exc.source, problems=exc.problems)
+                return False
+        assert self.supervisor is not None
+        self.logging.redactor.secrets |= new.secrets
+        self.logging.level.level = self.log_level_override or new.log.level
+        changes = await self.supervisor.apply(new)
+        self.config = new
+        self.last_reload_problems = []
+        self._loaded()
+        self.log.info("config.loaded", source=new.source, targets=len(new.targets), **changes)
+        return True
+
+    async def _reload_from_http(self) -> tuple[bool, list[str]]:
+        ok = await self.reload()
+        return ok, self.last_reload_problems
 
     # --- stop -----------------------------------------------------------------------------
 
@@ -148,6 +167,7 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        self.notifier.stopping()
         if self.supervisor is not None:
             await self.supervisor.stop(SHUTDOWN_CLOSE_CODE)
         if self.http is not None:
@@ -171,8 +191,10 @@ async def serve(daemon: Daemon, announce: str | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watchdog: asyncio.Task[None] | None = None
     try:
         await daemon.start()
+        watchdog = asyncio.create_task(daemon.notifier.watchdog(), name="watchdog")
         if announce:
             print(announce.format(metrics_url=daemon.metrics_url), flush=True)
         await stopping.wait()
@@ -184,4 +206,8 @@ async def serve(daemon: Daemon, announce: str | None = None) -> int:
             task.cancel()
         await asyncio.gather(*reloads, return_exceptions=True)
         await daemon.stop()
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        daemon.notifier.close()
     return 0

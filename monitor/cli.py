@@ -12,6 +12,7 @@ from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError
 from .log import LEVELS, Logging
+from .systemd import Notifier
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +63,12 @@ def _run(args: argparse.Namespace) -> int:
         args.log_format or cfg.log.format, args.log_level or cfg.log.level, secrets=cfg.secrets
     )
     daemon = Daemon(
-        cfg, logging, config_path=args.config, listen=args.listen, log_level=args.log_level
+        cfg,
+        logging,
+        config_path=args.config,
+        listen=args.listen,
+        log_level=args.log_level,
+        notifier=Notifier(),
     )
     return _serve(daemon, None)
 

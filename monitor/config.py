@@ -319,9 +319,49 @@ def _parse_yaml(text: str, source: str) -> Any:
 # --- ${VAR} expansion ----------------------------------------------------------------------
 
 
+def _read_secret_file(
+    node: dict[str, Any], path: str, env: Mapping[str, str], problems: list[str], used: set[str]
+) -> str | None:
+    """`{file: PATH}` or `{credential: NAME}` (a systemd credential): the file's content."""
+    ((kind, name),) = node.items()
+    if not isinstance(name, str) or not name:
+        problems.append(f"{path}: `{kind}` needs a non-empty string")
+        return None
+    if kind == "credential":
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            problems.append(
+                f"{path}: credential {name!r} needs $CREDENTIALS_DIRECTORY "
+                "(set by systemd's LoadCredential=)"
+            )
+            return None
+        if "/" in name:
+            problems.append(f"{path}: credential name {name!r} must not contain '/'")
+            return None
+        name = os.path.join(directory, name)
+    try:
+        with open(name, encoding="utf-8") as f:
+            value = f.read(64 * 1024 + 1)
+    except OSError as exc:
+        problems.append(f"{path}: cannot read {kind} {name!r}: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"{path}: {kind} {name!r} is not UTF-8 text")
+        return None
+    if len(value) > 64 * 1024:
+        problems.append(f"{path}: {kind} {name!r} is larger than 64 KiB")
+        return None
+    value = value.rstrip("\r\n")
+    used.add(value)
+    return value
+
+
 def _expand_env(
     node: Any, path: str, env: Mapping[str, str], problems: list[str], used: set[str]
 ) -> Any:
+    if isinstance(node, dict) and len(node) == 1 and next(iter(node)) in ("file", "credential"):
+        inner = _expand_env(next(iter(node.values())), path, env, problems, used)
+        return _read_secret_file({next(iter(node)): inner}, path, env, problems, used)
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -487,7 +527,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         targets.append(target)
 
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(_without_follow_ups(problems), source)
     return Config(
         listen=raw.listen,
         log=raw.log,
@@ -497,6 +537,23 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         secrets=frozenset(s for s in used_env | _target_secrets(targets) if len(s) >= 4),
         source=source,
     )
+
+
+def _without_follow_ups(problems: list[str]) -> list[str]:
+    """Drop validation errors at paths whose value could not be read in the first place
+    (an unset variable, an unreadable file): one cause, one message."""
+    unread = [
+        p.split(": ", 1)[0]
+        for p in problems
+        if "environment variable" in p or ": cannot read " in p or "credential" in p
+    ]
+    kept = []
+    for problem in problems:
+        path, _, msg = problem.partition(": ")
+        if path in unread and msg == "Input should be a valid string":
+            continue
+        kept.append(problem)
+    return kept
 
 
 def _check_reconnect(r: ReconnectConfig, path: str) -> list[str]:
