@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint typecheck pytest clean
+# System tools the tests drive for real; installed from Debian when missing and root.
+TOOLS    := promtool prometheus amtool systemd-analyze unshare nsenter ip
+PACKAGES := prometheus prometheus-alertmanager systemd util-linux iproute2
+
+.PHONY: run test lint typecheck pytest tools clean
 
 run: $(STAMP)
 	$(BIN)/wsmon demo $(ARGS)
@@ -27,8 +31,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy monitor
 
-pytest: $(STAMP)
-	$(BIN)/pytest -q
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing (Debian: $(PACKAGES))"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $(PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing:$$missing; install the Debian packages $(PACKAGES)" >&2; exit 1; \
+	  fi; \
+	fi
+
+pytest: $(STAMP) tools
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -81,9 +81,11 @@ class WSTestServer:
         reply_delay: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.ssl_context = ssl_context
         self.host = host
+        self.requested_port = port  # 0: the OS chooses; else e.g. to come back on a known port
         # knobs
         self.reply_delay: float = reply_delay
         self.handshake_delay: float = 0.0  # seconds to stall before answering the upgrade
@@ -131,7 +133,7 @@ class WSTestServer:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, 0, ssl_context=self.ssl_context)
+            site = web.TCPSite(runner, self.host, self.requested_port, ssl_context=self.ssl_context)
             await site.start()
             self._port = int(runner.addresses[0][1])
         except BaseException:
