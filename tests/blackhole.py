@@ -57,7 +57,8 @@ async def main(keepalive_idle: float, wait: float) -> dict[str, object]:
             "listen": "127.0.0.1:0",
             "tcp": {"keepalive_idle": keepalive_idle, "keepalive_interval": 0.5,
                     "keepalive_count": 2, "user_timeout": keepalive_idle + 1.0},
-            "targets": [{"name": "t", "url": f"ws://10.253.0.2:{port}/ws", "probes": [], "close_timeout": "200ms",
+            "targets": [{"name": "t", "url": f"ws://10.253.0.2:{port}/ws", "probes": [],
+                         "close_timeout": "200ms",
                          "reconnect": {"initial_delay": "10s", "max_delay": "10s"}}],
         }  # fmt: skip
         cfg = config.loads(yaml.safe_dump(doc))

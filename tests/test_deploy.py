@@ -177,7 +177,7 @@ class Prometheus:
                         }
                     ],
                 }
-            )  # fmt: skip
+            )
         )
         self.proc = subprocess.Popen(
             [tool("prometheus", "prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
