@@ -165,3 +165,45 @@ def test_env_in_keys_and_merge_keys() -> None:
     (t,) = cfg.targets
     assert t.headers == {"X-Api-Key": "v"}
     assert [p.name for p in t.probes] == ["other"]
+
+
+def test_file_and_credential_values(tmp_path: Path) -> None:
+    """`{file: PATH}` and `{credential: NAME}` (from $CREDENTIALS_DIRECTORY, as systemd's
+    LoadCredential= provides) become the file's content, and count as secrets."""
+    (tmp_path / "token").write_text("tok-from-file\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "deriv-token").write_text("tok-from-credential")
+    cfg = config.loads(
+        f"""
+        targets:
+          - name: a
+            url: "wss://h/"
+            headers:
+              Authorization: {{file: "{tmp_path / "token"}"}}
+              X-Token: {{credential: deriv-token}}
+        """,
+        env={"CREDENTIALS_DIRECTORY": str(creds)},
+    )
+    (t,) = cfg.targets
+    assert t.headers == {"Authorization": "tok-from-file", "X-Token": "tok-from-credential"}
+    assert {"tok-from-file", "tok-from-credential"} <= cfg.secrets
+
+
+def test_unreadable_secret_files_are_one_problem_each(tmp_path: Path) -> None:
+    """A missing file, or a credential without $CREDENTIALS_DIRECTORY, is one precise problem."""
+    with pytest.raises(config.ConfigError) as err:
+        config.loads(
+            """
+            targets:
+              - name: a
+                url: "wss://h/"
+                headers: {A: {file: /nonexistent/token}, B: {credential: tok}}
+            """,
+            env={},
+        )
+    assert err.value.problems == [
+        "targets[0].headers.A: cannot read file '/nonexistent/token': No such file or directory",
+        "targets[0].headers.B: credential 'tok' needs $CREDENTIALS_DIRECTORY "
+        "(set by systemd's LoadCredential=)",
+    ]
