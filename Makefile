@@ -11,7 +11,7 @@ ARGS   ?=
 TOOLS    := promtool prometheus amtool systemd-analyze unshare nsenter ip
 PACKAGES := prometheus prometheus-alertmanager systemd util-linux iproute2
 
-.PHONY: run test lint typecheck pytest tools clean
+.PHONY: run test lint typecheck pytest tools bench clean
 
 run: $(STAMP)
 	$(BIN)/wsmon demo $(ARGS)
@@ -45,6 +45,10 @@ tools:
 
 pytest: $(STAMP) tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+# Benchmarks: figures go to bench/RESULTS.md (see the commands recorded there).
+bench: $(STAMP)
+	$(BIN)/python -m bench.soak --cycles 10000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
