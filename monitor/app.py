@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .session import dns_timing, socket_factory
 from .supervisor import Supervisor
 from .systemd import Notifier
+from .web import WebSecurity
 
 SHUTDOWN_CLOSE_CODE = 1001  # going away
 
@@ -39,6 +40,8 @@ class Daemon:
         rng: random.Random | None = None,
         stop_timeout: float = 4.0,
         notifier: Notifier | None = None,
+        web_config_file: str | None = None,
+        web_poll_interval: float = 2.0,
     ) -> None:
         self.config = config
         self.logging = logging
@@ -60,11 +63,24 @@ class Daemon:
         self._stopped = False
         self.notifier = notifier or Notifier(env={})
         self.last_reload_problems: list[str] = []
+        # The command line's --web.config.file wins over the config key; fixed at start.
+        public = frozenset({"/healthz"}) if config.public_healthz else frozenset()
+        self.web = WebSecurity(
+            web_config_file or config.web_config_file,
+            logging.logger,
+            public_paths=public,
+            poll_interval=web_poll_interval,
+        )
+        self._web_watch: asyncio.Task[None] | None = None
 
     # --- start ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen on HTTP, then start every target."""
+        """Listen on HTTP, then start every target. A bad web config raises WebConfigError
+        before anything else starts."""
+        self.web.load()
+        if self.web.path is not None:
+            self.metrics.web_reload_ok.set(1)
         self.http = aiohttp.ClientSession(
             # The default limit of 100 would silently stall the 101st WebSocket.
             connector=aiohttp.TCPConnector(
@@ -83,14 +99,17 @@ class Daemon:
         )
         host, port = parse_listen(self.listen_override or self.config.listen)
         self._runner = web.AppRunner(
-            build_app(self.registry, self._readiness, self._reload_from_http),
+            build_app(
+                self.registry, self._readiness, self._reload_from_http, [self.web.middleware]
+            ),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.web.server_ssl_context())
         await site.start()
+        self._web_watch = asyncio.create_task(self._watch_web(), name="web-config-watch")
         sockets = self._runner.addresses
         self.port = int(sockets[0][1]) if sockets else port
         self.logging.redactor.secrets |= self.config.secrets
@@ -109,7 +128,8 @@ class Daemon:
         host, _ = parse_listen(self.listen_override or self.config.listen)
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         shown = f"[{shown}]" if ":" in shown else shown
-        return f"http://{shown}:{self.port}/metrics"
+        scheme = "https" if self.web.tls else "http"
+        return f"{scheme}://{shown}:{self.port}/metrics"
 
     def _readiness(self) -> tuple[bool, str]:
         if self.supervisor is None:
@@ -147,6 +167,8 @@ class Daemon:
                 self.log.error("config.reload_failed", source=exc.source, problems=exc.problems)
                 return False
         assert self.supervisor is not None
+        if self.web.path is not None:
+            self.metrics.web_reload_ok.set(1 if self.web.reload() else 0)
         self.logging.redactor.secrets |= new.secrets
         self.logging.level.level = self.log_level_override or new.log.level
         changes = await self.supervisor.apply(new)
@@ -155,6 +177,15 @@ class Daemon:
         self._loaded()
         self.log.info("config.loaded", source=new.source, targets=len(new.targets), **changes)
         return True
+
+    async def _watch_web(self) -> None:
+        """Follow changes of the web config and its certificates, and say how it went."""
+        if self.web.path is None:
+            return
+        while True:
+            await asyncio.sleep(self.web.poll_interval)
+            if self.web.changed():
+                self.metrics.web_reload_ok.set(1 if self.web.reload() else 0)
 
     async def _reload_from_http(self) -> tuple[bool, list[str]]:
         ok = await self.reload()
@@ -168,6 +199,9 @@ class Daemon:
             return
         self._stopped = True
         self.notifier.stopping()
+        if self._web_watch is not None:
+            self._web_watch.cancel()
+            await asyncio.gather(self._web_watch, return_exceptions=True)
         if self.supervisor is not None:
             await self.supervisor.stop(SHUTDOWN_CLOSE_CODE)
         if self.http is not None:

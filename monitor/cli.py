@@ -13,6 +13,7 @@ from .app import Daemon, serve
 from .config import ConfigError
 from .log import LEVELS, Logging
 from .systemd import Notifier
+from .web import WebConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--listen", metavar="HOST:PORT", help="HTTP address for /metrics")
         cmd.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
         cmd.add_argument("--log-level", choices=LEVELS, type=str.lower, default=None)
+        cmd.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            metavar="FILE",
+            help="TLS and basic auth for the HTTP endpoints (Prometheus exporter-toolkit format)",
+        )
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True, metavar="FILE", help="YAML configuration")
@@ -69,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         listen=args.listen,
         log_level=args.log_level,
         notifier=Notifier(),
+        web_config_file=args.web_config_file,
     )
     return _serve(daemon, None)
 
@@ -78,6 +86,9 @@ def _serve(daemon: Daemon, announce: str | None) -> int:
         return asyncio.run(serve(daemon, announce))
     except OSError as exc:  # e.g. the listen address is taken
         daemon.log.error("startup.failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    except WebConfigError as exc:
+        daemon.log.error("web_config.invalid", source=exc.source, problems=exc.problems)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -91,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     from .demo import run_demo
 
-    return run_demo(args.listen, args.log_format, args.log_level)
+    return run_demo(args.listen, args.log_format, args.log_level, args.web_config_file)
 
 
 if __name__ == "__main__":

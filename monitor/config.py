@@ -242,6 +242,10 @@ class _RawConfig(_Strict):
     # Handshakes in flight at once, across all targets (protects against reconnect storms).
     max_concurrent_handshakes: int = Field(default=50, ge=1)
     tcp: TCPConfig = TCPConfig()
+    # Prometheus exporter-toolkit web config: TLS and basic auth for the HTTP endpoints.
+    web_config_file: str | None = None
+    # Serve /healthz without authentication (for liveness checks that cannot authenticate).
+    public_healthz: bool = False
     defaults: TargetSettings = TargetSettings()
 
     @field_validator("listen")
@@ -266,6 +270,8 @@ class Config:
     # every log line (URLs and headers are still redacted structurally, see log.py).
     secrets: frozenset[str]
     source: str = ""
+    web_config_file: str | None = None
+    public_healthz: bool = False
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -533,6 +539,8 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         log=raw.log,
         max_concurrent_handshakes=raw.max_concurrent_handshakes,
         tcp=raw.tcp,
+        web_config_file=raw.web_config_file,
+        public_healthz=raw.public_healthz,
         targets=tuple(targets),
         secrets=frozenset(s for s in used_env | _target_secrets(targets) if len(s) >= 4),
         source=source,

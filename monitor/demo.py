@@ -9,6 +9,7 @@ from .app import Daemon, serve
 from .config import DEFAULT_LISTEN
 from .demo_api import DemoAPI
 from .log import Logging
+from .web import WebConfigError
 
 # The daemon's own config for the demo, in the same YAML a user would write.
 DEMO_CONFIG = """
@@ -45,22 +46,32 @@ def demo_config(api_url: str, listen: str = DEFAULT_LISTEN) -> config_mod.Config
     return config_mod.loads(DEMO_CONFIG.format(url=api_url, listen=listen), source="<demo>")
 
 
-async def _demo(listen: str | None, log_format: str | None, log_level: str | None) -> int:
+async def _demo(
+    listen: str | None, log_format: str | None, log_level: str | None, web_config: str | None
+) -> int:
     logging = Logging(log_format or "auto", log_level or "info")
     api = DemoAPI(mean_lifetime=60.0, log=logging.logger.bind(component="demo-api"))
     await api.start()
     try:
         cfg = demo_config(api.url, listen or DEFAULT_LISTEN)
-        daemon = Daemon(cfg, logging)
+        daemon = Daemon(cfg, logging, web_config_file=web_config)
         return await serve(daemon, ANNOUNCE.format(api_url=api.url))
     finally:
         await api.stop()
 
 
-def run_demo(listen: str | None, log_format: str | None, log_level: str | None) -> int:
+def run_demo(
+    listen: str | None,
+    log_format: str | None,
+    log_level: str | None,
+    web_config: str | None = None,
+) -> int:
     """Run the simulated API and the daemon in one process until Ctrl-C or SIGTERM."""
     try:
-        return asyncio.run(_demo(listen, log_format, log_level))
+        return asyncio.run(_demo(listen, log_format, log_level, web_config))
+    except WebConfigError as exc:
+        print(f"wsmon demo: bad web config {exc.source}: " + "; ".join(exc.problems))
+        return 1
     except OSError as exc:  # e.g. port 9815 already taken
         print(f"wsmon demo: cannot start: {exc} (try --listen 127.0.0.1:0)")
         return 1

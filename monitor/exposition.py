@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -51,10 +52,13 @@ async def index(_: web.Request) -> web.Response:
 
 
 def build_app(
-    registry: CollectorRegistry, ready: ReadyCheck, reload_config: Reload
+    registry: CollectorRegistry,
+    ready: ReadyCheck,
+    reload_config: Reload,
+    middlewares: Iterable[Middleware] = (),
 ) -> web.Application:
     """The aiohttp application serving the daemon's HTTP endpoints."""
-    app = web.Application()
+    app = web.Application(middlewares=list(middlewares))
     app[REGISTRY_KEY] = registry
     app[READY_KEY] = ready
     app[RELOAD_KEY] = reload_config

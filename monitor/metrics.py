@@ -133,6 +133,11 @@ class Metrics:
             "1 if the latest configuration load succeeded.",
             registry=r,
         )
+        self.web_reload_ok = Gauge(
+            "wsmon_web_config_last_reload_successful",
+            "1 if the latest read of the web config (TLS, basic auth) succeeded.",
+            registry=r,
+        )
         self.reload_ts = Gauge(
             "wsmon_config_last_reload_success_timestamp_seconds",
             "Unix time of the latest successful configuration load.",
