@@ -26,6 +26,8 @@ from pydantic import (
 )
 
 DEFAULT_LISTEN = "127.0.0.1:9815"
+# Config and header files are small; a larger file is a mistake, not something to read whole.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -175,6 +177,22 @@ def _default_probes() -> list[ProbeConfig]:
     return [ProbeConfig(name="ping", send={"ping": 1}, expect={"msg_type": "ping"}, interval=30.0)]
 
 
+class AuthConfig(_Strict):
+    """A message sent right after connecting (Deriv: `{"authorize": TOKEN}`); its reply must
+    not be an error, and must match `expect`, before any probe starts."""
+
+    send: dict[str, Any]
+    expect: dict[str, Any] | None = None
+    timeout: Duration = 5.0
+
+    @field_validator("send")
+    @classmethod
+    def _send(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("the auth message must not be empty")
+        return v
+
+
 class TargetSettings(_Strict):
     """Keys that may be set in `defaults` and overridden per target."""
 
@@ -185,6 +203,9 @@ class TargetSettings(_Strict):
     reconnect: ReconnectConfig = ReconnectConfig()
     probes: list[ProbeConfig] = Field(default_factory=_default_probes)
     headers: dict[str, str] = Field(default_factory=dict)
+    # A YAML file of more headers (name: value), e.g. kept root-only; `headers` win.
+    headers_file: str | None = None
+    auth: AuthConfig | None = None
     # Consecutive probe timeouts after which the connection is declared dead and closed.
     dead_after_timeouts: int = Field(default=2, ge=1)
     max_msg_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
@@ -530,6 +551,12 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
             )
         else:
             names[target.name] = i
+        if target.headers_file is not None:
+            from_file = _read_headers_file(target.headers_file, f"targets[{i}].headers_file")
+            if isinstance(from_file, str):
+                problems.append(from_file)
+                continue
+            target = target.model_copy(update={"headers": {**from_file, **target.headers}})
         targets.append(target)
 
     if problems:
@@ -577,7 +604,11 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the YAML file at `path`."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError([f"config file larger than {MAX_CONFIG_BYTES} bytes"], source)
+        text = data.decode("utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read config: {exc.strerror or exc}"], source) from None
     except UnicodeDecodeError as exc:
@@ -591,10 +622,38 @@ def looks_secret(name: str) -> bool:
     return any(word in lowered for word in SECRET_WORDS)
 
 
+def _read_headers_file(path: str, where: str) -> dict[str, str] | str:
+    """The headers in a YAML file, or the problem with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f.read(MAX_CONFIG_BYTES))
+    except OSError as exc:
+        return f"{where}: cannot read {path!r}: {exc.strerror or exc}"
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return f"{where}: {path!r} is not valid YAML"
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return f"{where}: {path!r} must be a mapping of header names to string values"
+    return data
+
+
+def _strings(node: Any) -> set[str]:
+    if isinstance(node, str):
+        return {node}
+    if isinstance(node, dict):
+        return set().union(*(_strings(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_strings(v) for v in node)) if node else set()
+    return set()
+
+
 def _target_secrets(targets: list[TargetConfig]) -> set[str]:
     found: set[str] = set()
     for t in targets:
         found.update(v for v in t.headers.values() if v)
+        if t.auth is not None:  # the authorize message is a credential as a whole
+            found.update(_strings(t.auth.send))
         parts = urlsplit(t.url)
         if parts.password:
             found.add(parts.password)

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
 
-CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "other")
+CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "auth", "other")
 PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
 UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id")
 # Disconnect series created up front: the ones alert rules look at first.

@@ -157,6 +157,18 @@ def judge(probe: ProbeConfig, reply: Reply) -> tuple[Outcome, str]:
     return "ok", ""
 
 
+def judge_auth(expect: dict[str, Any] | None, msg: dict[str, Any] | None) -> tuple[str, str]:
+    """Classify the reply to an auth message; the detail never repeats what was sent."""
+    if msg is None:
+        return "invalid_json", "reply is not a JSON object"
+    error = msg.get("error")
+    if isinstance(error, dict):
+        return "api_error", str(error.get("code") or "error")
+    if expect is not None and not subset(expect, msg):
+        return "unexpected_reply", "reply does not match `expect`"
+    return "ok", ""
+
+
 def server_time_offset(msg: dict[str, Any], sent_wall: float, rtt: float) -> float | None:
     """Server clock minus ours, if the reply carries a `time` epoch (seconds).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import random
 import socket
 import ssl
@@ -21,7 +22,16 @@ from structlog.typing import FilteringBoundLogger
 from .config import ProbeConfig, TargetConfig, TCPConfig
 from .log import redact_url
 from .metrics import ProbeMetrics, TargetMetrics
-from .probes import Correlator, Pending, PongWaiters, Reply, build_message, judge, parse
+from .probes import (
+    Correlator,
+    Pending,
+    PongWaiters,
+    Reply,
+    build_message,
+    judge,
+    judge_auth,
+    parse,
+)
 from .probes import server_time_offset as time_offset
 
 # Close codes that never travel in a close frame (RFC 6455, section 7.4.1).
@@ -185,6 +195,55 @@ async def connect(
             spent = time.perf_counter() - started
             raise ConnectFailed(classify(exc), describe(exc), spent) from exc
         return ws, max(0.0, time.perf_counter() - started - sum(dns))
+
+
+async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: TargetMetrics) -> None:
+    """Send the target's auth message and wait for a good reply, before any probe runs.
+
+    Raises ConnectFailed("auth", ...) after closing the connection; the message itself
+    (a credential) is never part of the error.
+    """
+    auth = target.auth
+    assert auth is not None
+    correlator = Correlator(target.correlation_field)
+    req_id = correlator.next_id()
+    body = dict(auth.send)
+    if target.correlation_field is not None:
+        body[target.correlation_field] = req_id
+    started = time.perf_counter()
+    problem: str | None = None
+    try:
+        async with asyncio.timeout(auth.timeout):
+            await ws.send_str(json.dumps(body, separators=(",", ":")))
+            while problem is None:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.PING:
+                    await ws.pong(msg.data)
+                    continue
+                if msg.type is WSMsgType.BINARY:
+                    m.messages_received.inc()
+                    continue
+                if msg.type is not WSMsgType.TEXT:
+                    problem = "connection closed before the auth reply"
+                    break
+                m.messages_received.inc()
+                message = parse(msg.data)
+                if target.correlation_field is not None and (
+                    message is None or message.get(target.correlation_field) != req_id
+                ):
+                    continue  # not the reply (yet)
+                outcome, detail = judge_auth(auth.expect, message)
+                if outcome == "ok":
+                    return
+                problem = f"{outcome}: {detail}"
+    except TimeoutError:
+        problem = f"no auth reply within {auth.timeout:g}s"
+    except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+        problem = f"{type(exc).__name__} during auth"
+    with contextlib.suppress(TimeoutError, ConnectionError, aiohttp.ClientError, RuntimeError):
+        async with asyncio.timeout(target.close_timeout):
+            await ws.close(code=1000, message=b"auth failed")
+    raise ConnectFailed("auth", problem, time.perf_counter() - started)
 
 
 class Session:

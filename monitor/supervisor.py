@@ -13,7 +13,15 @@ from structlog.typing import FilteringBoundLogger
 from .backoff import Delay, full_jitter
 from .config import Config, TargetConfig
 from .metrics import Metrics
-from .session import ConnectFailed, Disconnect, Session, connect, safe_url, tls_context
+from .session import (
+    ConnectFailed,
+    Disconnect,
+    Session,
+    authenticate,
+    connect,
+    safe_url,
+    tls_context,
+)
 
 # Close codes by which a server asks clients to come back later, not at once.
 TRY_AGAIN_LATER = frozenset({1012, 1013})
@@ -74,6 +82,8 @@ class TargetRunner:
                 m.connect_attempts.inc()
                 try:
                     ws, duration = await connect(self.http, t, self.slots(), self.tls)
+                    if t.auth is not None:
+                        await authenticate(ws, t, m)
                 except ConnectFailed as exc:
                     self.attempted.set()
                     m.connect_failures[exc.reason].inc()
