@@ -10,13 +10,13 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from . import config as config_mod
 from .config import Config, ConfigError, parse_listen
 from .exposition import build_app
 from .log import Logging
 from .metrics import Metrics
+from .registry import Registry
 from .session import dns_timing, socket_factory
 from .supervisor import Supervisor
 from .systemd import Notifier
@@ -36,7 +36,7 @@ class Daemon:
         config_path: str | Path | None = None,
         listen: str | None = None,
         log_level: str | None = None,
-        registry: CollectorRegistry | None = None,
+        registry: Registry | None = None,
         rng: random.Random | None = None,
         stop_timeout: float = 4.0,
         notifier: Notifier | None = None,
@@ -49,9 +49,7 @@ class Daemon:
         self.config_path = config_path
         self.listen_override = listen
         self.log_level_override = log_level
-        # `_created` series would double the series count for no alerting value.
-        disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry or Registry()
         self.metrics = Metrics(self.registry)
         self.rng = rng
         self.stop_timeout = stop_timeout
@@ -100,7 +98,11 @@ class Daemon:
         host, port = parse_listen(self.listen_override or self.config.listen)
         self._runner = web.AppRunner(
             build_app(
-                self.registry, self._readiness, self._reload_from_http, [self.web.middleware]
+                self.registry,
+                self._readiness,
+                self._reload_from_http,
+                [self.web.middleware],
+                [self.web.add_headers],
             ),
             access_log=None,
             handle_signals=False,

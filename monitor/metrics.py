@@ -5,9 +5,8 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from . import __version__
+from .registry import Family, Registry, Series
 
 CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "auth", "other")
 PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
@@ -23,126 +22,153 @@ RTT_BUCKETS = (
     0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class Metrics:
     """The daemon's metric families; one instance per registry."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        r = registry
+    def __init__(self, registry: Registry) -> None:
+        self.registry = r = registry
         t = ("target",)
         tp = ("target", "probe")
-        self.up = Gauge(
+        self.up = Family(
+            r,
             "wsmon_up",
             "1 while the connection is open and its latest probe was answered correctly in time.",
+            "gauge",
             t,
-            registry=r,
         )
-        self.connected = Gauge(
-            "wsmon_connected", "1 while the WebSocket connection is open.", t, registry=r
+        self.connected = Family(
+            r, "wsmon_connected", "1 while the WebSocket connection is open.", "gauge", t
         )
-        self.connect_attempts = Counter(
-            "wsmon_connect_attempts", "WebSocket handshakes started.", t, registry=r
+        self.connect_attempts = Family(
+            r, "wsmon_connect_attempts", "WebSocket handshakes started.", "counter", t
         )
-        self.connect_failures = Counter(
+        self.connect_failures = Family(
+            r,
             "wsmon_connect_failures",
             "Failed WebSocket handshakes, by reason.",
+            "counter",
             ("target", "reason"),
-            registry=r,
         )
-        self.connect_duration = Histogram(
+        self.connect_duration = Family(
+            r,
             "wsmon_connect_duration_seconds",
             "TCP + TLS + HTTP upgrade time of successful handshakes.",
+            "histogram",
             t,
             buckets=CONNECT_BUCKETS,
-            registry=r,
         )
-        self.reconnects = Counter(
+        self.reconnects = Family(
+            r,
             "wsmon_reconnects",
             "Connections established after an earlier connection of the target was lost.",
+            "counter",
             t,
-            registry=r,
         )
-        self.disconnects = Counter(
+        self.disconnects = Family(
+            r,
             "wsmon_disconnects",
             "Connections lost, by close code and by who ended them (peer, local, network).",
+            "counter",
             ("target", "code", "origin"),
-            registry=r,
         )
-        self.last_close_code = Gauge(
-            "wsmon_last_close_code", "Close code of the latest disconnect.", t, registry=r
+        self.last_close_code = Family(
+            r, "wsmon_last_close_code", "Close code of the latest disconnect.", "gauge", t
         )
-        self.established = Gauge(
+        self.established = Family(
+            r,
             "wsmon_connection_established_timestamp_seconds",
             "Unix time the current connection opened; 0 while down.",
+            "gauge",
             t,
-            registry=r,
         )
-        self.rtt = Histogram(
+        self.rtt = Family(
+            r,
             "wsmon_probe_rtt_seconds",
             "Send-to-matching-reply time of answered probes.",
+            "histogram",
             tp,
             buckets=RTT_BUCKETS,
-            registry=r,
         )
-        self.last_rtt = Gauge(
-            "wsmon_probe_last_rtt_seconds", "RTT of the latest answered probe.", tp, registry=r
+        self.last_rtt = Family(
+            r, "wsmon_probe_last_rtt_seconds", "RTT of the latest answered probe.", "gauge", tp
         )
-        self.probes_sent = Counter("wsmon_probes_sent", "Probes sent.", tp, registry=r)
-        self.probe_timeouts = Counter(
-            "wsmon_probe_timeouts", "Probes not answered within their timeout.", tp, registry=r
+        self.probes_sent = Family(r, "wsmon_probes_sent", "Probes sent.", "counter", tp)
+        self.probe_timeouts = Family(
+            r, "wsmon_probe_timeouts", "Probes not answered within their timeout.", "counter", tp
         )
-        self.probe_errors = Counter(
+        self.probe_errors = Family(
+            r,
             "wsmon_probe_errors",
             "Probes answered, but wrongly, or that could not be sent; by reason.",
+            "counter",
             ("target", "probe", "reason"),
-            registry=r,
         )
-        self.last_success = Gauge(
+        self.last_success = Family(
+            r,
             "wsmon_probe_last_success_timestamp_seconds",
             "Unix time of the latest good reply.",
+            "gauge",
             tp,
-            registry=r,
         )
-        self.time_offset = Gauge(
+        self.time_offset = Family(
+            r,
             "wsmon_server_time_offset_seconds",
             "Server clock minus local clock, from replies carrying a `time` epoch.",
+            "gauge",
             t,
-            registry=r,
         )
-        self.messages_received = Counter(
-            "wsmon_messages_received", "Every message received.", t, registry=r
+        self.messages_received = Family(
+            r, "wsmon_messages_received", "Every message received.", "counter", t
         )
-        self.unmatched = Counter(
+        self.unmatched = Family(
+            r,
             "wsmon_unmatched_messages",
             "Messages received that matched no waiting probe, by reason.",
+            "counter",
             ("target", "reason"),
-            registry=r,
         )
-        self.targets = Gauge("wsmon_targets", "Targets configured.", registry=r)
-        self.build_info = Gauge(
+        self.send_lag = Family(
+            r,
+            "wsmon_probe_send_lag_seconds",
+            "How late probes were sent compared with their schedule (event loop delay).",
+            "histogram",
+            buckets=LAG_BUCKETS,
+        ).histogram()
+        self.targets = Family(r, "wsmon_targets", "Targets configured.", "gauge").labels()
+        self.build_info = Family(
+            r,
             "wsmon_build_info",
             "Always 1; labels tell the build.",
+            "gauge",
             ("version", "python"),
-            registry=r,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        self.reload_ok = Gauge(
+        self.reload_ok = Family(
+            r,
             "wsmon_config_last_reload_successful",
             "1 if the latest configuration load succeeded.",
-            registry=r,
-        )
-        self.web_reload_ok = Gauge(
-            "wsmon_web_config_last_reload_successful",
-            "1 if the latest read of the web config (TLS, basic auth) succeeded.",
-            registry=r,
-        )
-        self.reload_ts = Gauge(
+            "gauge",
+        ).labels()
+        self.reload_ts = Family(
+            r,
             "wsmon_config_last_reload_success_timestamp_seconds",
             "Unix time of the latest successful configuration load.",
-            registry=r,
+            "gauge",
+        ).labels()
+        self._web_reload = Family(
+            r,
+            "wsmon_web_config_last_reload_successful",
+            "1 if the latest read of the web config (TLS, basic auth) succeeded.",
+            "gauge",
         )
+
+    @property
+    def web_reload_ok(self) -> Series:
+        """Created when a web config is in use (the series would say nothing otherwise)."""
+        return self._web_reload.labels()
 
     def for_target(self, name: str, probes: Iterable[tuple[str, str]]) -> TargetMetrics:
         """Create every series of a target up front and return handles to them.
@@ -152,16 +178,19 @@ class Metrics:
         """
         return TargetMetrics(self, name, tuple(probes))
 
-    def remove_target(self, name: str) -> None:
-        """Drop every series labelled with this target (after a reload removed it)."""
-        for family in (
+    def _target_families(self) -> tuple[Family, ...]:
+        return (
             self.up, self.connected, self.connect_attempts, self.connect_failures,
             self.connect_duration, self.reconnects, self.disconnects, self.last_close_code,
             self.established, self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts,
             self.probe_errors, self.last_success, self.time_offset, self.messages_received,
             self.unmatched,
-        ):  # fmt: skip
-            family.remove_by_labels({"target": name})
+        )  # fmt: skip
+
+    def remove_target(self, name: str) -> None:
+        """Drop every series labelled with this target (after a reload removed it)."""
+        for family in self._target_families():
+            family.remove(target=name)
 
     def remove_probe(self, target: str, probe: str) -> None:
         """Drop the series of a probe that a reload removed from a target."""
@@ -169,14 +198,14 @@ class Metrics:
             self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts, self.probe_errors,
             self.last_success,
         ):  # fmt: skip
-            family.remove_by_labels({"target": target, "probe": probe})
+            family.remove(target=target, probe=probe)
 
 
 class ProbeMetrics:
     """Pre-bound series of one probe."""
 
     def __init__(self, m: Metrics, target: str, probe: str, kind: str) -> None:
-        self.rtt = m.rtt.labels(target, probe)
+        self.rtt = m.rtt.histogram(target, probe)
         self.last_rtt = m.last_rtt.labels(target, probe)
         self.sent = m.probes_sent.labels(target, probe)
         self.timeouts = m.probe_timeouts.labels(target, probe)
@@ -197,7 +226,7 @@ class TargetMetrics:
         self.connect_failures = {
             r: m.connect_failures.labels(target, r) for r in CONNECT_FAILURE_REASONS
         }
-        self.connect_duration = m.connect_duration.labels(target)
+        self.connect_duration = m.connect_duration.histogram(target)
         self.reconnects = m.reconnects.labels(target)
         for code, origin in COMMON_DISCONNECTS:
             m.disconnects.labels(target, code, origin)
@@ -205,7 +234,7 @@ class TargetMetrics:
         self.established = m.established.labels(target)
         # Created on the first `time` reply: an offset of 0 before any reply would claim
         # a perfectly synchronised clock.
-        self._time_offset: Gauge | None = None
+        self._time_offset: Series | None = None
         self.messages_received = m.messages_received.labels(target)
         self.unmatched = {r: m.unmatched.labels(target, r) for r in UNMATCHED_REASONS}
         self.probes = {name: ProbeMetrics(m, target, name, kind) for name, kind in probes}

@@ -287,10 +287,14 @@ class WebSecurity:
             denied = await self._check(request, current)
             if denied is not None:
                 return denied
-        response = await handler(request)
+        return await handler(request)
+
+    async def add_headers(self, _: web.Request, response: web.StreamResponse) -> None:
+        """The web config's `http_server_config.headers`, on every response (also streamed
+        ones, whose headers go out before the handler returns)."""
+        current = self.current
         if current is not None and current.config.http_server_config is not None:
             response.headers.update(current.config.http_server_config.headers)
-        return response
 
     async def _check(self, request: web.Request, current: LoadedWeb) -> web.Response | None:
         tls = current.config.tls_server_config

@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 import yaml
 from conftest import StartDaemon, target
-from prometheus_client import CollectorRegistry
 from wsserver import WSTestServer
 
 from monitor.metrics import Metrics
+from monitor.registry import Registry
 
 ROOT = Path(__file__).parent.parent
 PROM = ROOT / "deploy/prometheus"
@@ -85,7 +85,7 @@ class TestPromtool:
 class TestNames:
     def exported(self) -> set[str]:
         """Every sample name wsmon exposes, with histogram and counter suffixes."""
-        registry = CollectorRegistry()
+        registry = Registry()
         Metrics(registry)
         names: set[str] = {"up"}
         for family in registry.collect():

@@ -7,11 +7,11 @@ import socket
 
 import aiohttp
 from conftest import StartDaemon, target
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from wsserver import WSTestServer
 
 from monitor.metrics import Metrics
+from monitor.registry import Registry
 
 CONTRACT_FAMILIES = {
     "wsmon_up", "wsmon_connected", "wsmon_connect_attempts", "wsmon_connect_failures",
@@ -27,7 +27,7 @@ CONTRACT_FAMILIES = {
 
 def test_every_contract_metric_is_registered() -> None:
     """Every metric the contract names exists on a fresh registry, and nothing is global."""
-    registry = CollectorRegistry()
+    registry = Registry()
     Metrics(registry)
     names = {m.name for m in registry.collect()}
     assert names >= CONTRACT_FAMILIES
