@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -51,7 +52,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("invalid duration: expected e.g. 250ms, 5s, 2m, 1h")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"invalid duration: {value} is too large") from None
     elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
@@ -94,6 +98,11 @@ class ProbeConfig(_Strict):
         if not _NAME_RE.match(v):
             raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
         return v
+
+    @field_validator("send", "expect", mode="after")
+    @classmethod
+    def _json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _plain_json(v)
 
     @field_validator("send")
     @classmethod
@@ -173,6 +182,16 @@ class TCPConfig(_Strict):
     user_timeout: Duration = 60.0  # sent data unacknowledged this long fails the connection
 
 
+def _plain_json(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Reject what JSON cannot carry (dates, binary, sets, NaN, infinities)."""
+    if v is not None:
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not plain JSON: {exc}") from None
+    return v
+
+
 def _default_probes() -> list[ProbeConfig]:
     return [ProbeConfig(name="ping", send={"ping": 1}, expect={"msg_type": "ping"}, interval=30.0)]
 
@@ -190,7 +209,13 @@ class AuthConfig(_Strict):
     def _send(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not v:
             raise ValueError("the auth message must not be empty")
+        _plain_json(v)
         return v
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _plain_json(v)
 
 
 class TargetSettings(_Strict):
@@ -243,6 +268,10 @@ class TargetConfig(TargetSettings):
             raise ValueError(f"URL scheme must be ws or wss, not {parts.scheme or 'missing'!r}")
         if not parts.hostname:
             raise ValueError("URL has no host")
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError:
+            raise ValueError("URL port must be a number from 1 to 65535") from None
         return v
 
     @model_validator(mode="after")
@@ -317,6 +346,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
         if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` keys may be overridden
             continue
         key = loader.construct_object(key_node)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
@@ -341,6 +376,11 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError([f"{where}: YAML syntax error: {what}"], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"YAML syntax error: {exc}"], source) from None
+    except RecursionError:
+        raise ConfigError(["YAML nested too deeply"], source) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # A tagged value the loader cannot build (`!!int abc`, an impossible date, ...).
+        raise ConfigError([f"invalid YAML value: {exc}"], source) from None
 
 
 # --- ${VAR} expansion ----------------------------------------------------------------------
@@ -369,6 +409,9 @@ def _read_secret_file(
     try:
         with open(name, encoding="utf-8") as f:
             value = f.read(64 * 1024 + 1)
+    except ValueError:  # e.g. a NUL byte in the path
+        problems.append(f"{path}: {kind} {name!r} is not a valid path")
+        return None
     except OSError as exc:
         problems.append(f"{path}: cannot read {kind} {name!r}: {exc.strerror or exc}")
         return None
@@ -417,6 +460,8 @@ def _expand_env(
 
 
 def _join(path: str, key: str) -> str:
+    if key == "":
+        return f'{path}[""]'
     return f"{path}.{key}" if path else key
 
 
@@ -506,7 +551,10 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         )
     problems: list[str] = []
     used_env: set[str] = set()
-    data = _expand_env(data, "", os.environ if env is None else env, problems, used_env)
+    try:
+        data = _expand_env(data, "", os.environ if env is None else env, problems, used_env)
+    except RecursionError:  # a YAML alias that contains itself
+        raise ConfigError(["<root>: a YAML alias refers to itself"], source) from None
 
     raw_targets = data.pop("targets", None)
     try:
@@ -534,8 +582,8 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         except ValidationError as exc:
             problems.extend(_format_errors(exc, TargetConfig, f"targets[{i}]"))
             continue
-        merged = _merge(partial, raw.defaults)
         try:
+            merged = _merge(partial, raw.defaults)
             target = TargetConfig.model_validate(
                 {**merged, "name": partial.name, "url": partial.url}
             )
@@ -580,7 +628,11 @@ def _without_follow_ups(problems: list[str]) -> list[str]:
     unread = [
         p.split(": ", 1)[0]
         for p in problems
-        if "environment variable" in p or ": cannot read " in p or "credential" in p
+        if "environment variable" in p
+        or ": cannot read " in p
+        or "credential" in p
+        or "needs a non-empty string" in p
+        or "is not a valid path" in p
     ]
     kept = []
     for problem in problems:
@@ -629,8 +681,11 @@ def _read_headers_file(path: str, where: str) -> dict[str, str] | str:
             data = yaml.safe_load(f.read(MAX_CONFIG_BYTES))
     except OSError as exc:
         return f"{where}: cannot read {path!r}: {exc.strerror or exc}"
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return f"{where}: {path!r} is not valid YAML"
+    except (
+        yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError,
+        RecursionError,
+    ):  # fmt: skip
+        return f"{where}: {path!r} is not a readable YAML file of headers"
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):

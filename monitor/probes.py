@@ -123,7 +123,7 @@ def parse(text: str) -> dict[str, Any] | None:
     """The JSON object in a text frame, or None when it is not one."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return None
     return value if isinstance(value, dict) else None
 
@@ -174,8 +174,12 @@ def server_time_offset(msg: dict[str, Any], sent_wall: float, rtt: float) -> flo
 
     The server read its clock somewhere in the round trip; the midpoint is the best guess.
     """
-    value = msg.get("time")
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    raw = msg.get("time")
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer beyond any float
         return None
     if not math.isfinite(value) or value < 1e9:  # not an epoch (e.g. the `{"time": 1}` echo)
         return None

@@ -228,10 +228,10 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
                     break
                 m.messages_received.inc()
                 message = parse(msg.data)
-                if target.correlation_field is not None and (
-                    message is None or message.get(target.correlation_field) != req_id
-                ):
-                    continue  # not the reply (yet)
+                if target.correlation_field is not None:
+                    key = None if message is None else message.get(target.correlation_field)
+                    if type(key) is not int or key != req_id:
+                        continue  # not the reply (yet); `true` and 1.0 are not ids
                 outcome, detail = judge_auth(auth.expect, message)
                 if outcome == "ok":
                     return
