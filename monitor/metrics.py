@@ -238,6 +238,7 @@ class TargetMetrics:
         self.messages_received = m.messages_received.labels(target)
         self.unmatched = {r: m.unmatched.labels(target, r) for r in UNMATCHED_REASONS}
         self.probes = {name: ProbeMetrics(m, target, name, kind) for name, kind in probes}
+        self.send_lag = m.send_lag
 
     def set_time_offset(self, seconds: float) -> None:
         if self._time_offset is None:

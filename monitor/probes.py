@@ -9,7 +9,8 @@ import json
 import math
 import struct
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .config import ProbeConfig
@@ -26,16 +27,23 @@ class Reply:
     raw: str = ""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Pending:
-    """A probe waiting for its reply."""
+    """A request waiting for its reply: the receive loop hands the reply to `on_reply`
+    directly (no task to wake), and `timer` fires the timeout unless the reply came first."""
 
-    probe: str
-    future: asyncio.Future[Reply]
-    key: Any = None
+    key: Any
+    on_reply: Callable[[Reply], None]
     sent_at: float = 0.0  # time.perf_counter()
     sent_wall: float = 0.0  # time.time()
-    extra: dict[str, Any] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+    done: bool = False  # answered (possibly before the send call even returned)
+
+    def answer(self, reply: Reply) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.on_reply(reply)
 
 
 class Correlator:
@@ -88,6 +96,13 @@ class Correlator:
     def waiting(self) -> int:
         return len(self._by_id) + len(self._in_order)
 
+    def drain(self) -> Iterator[Pending]:
+        """Every waiting request, forgotten (the connection is over)."""
+        yield from self._by_id.values()
+        yield from self._in_order
+        self._by_id = {}
+        self._in_order = collections.deque()
+
 
 class PongWaiters:
     """Matches pong frames to ws-ping probes by their 8-byte payload."""
@@ -110,6 +125,10 @@ class PongWaiters:
         # Unknown payloads are unsolicited pongs, which RFC 6455 allows as a heartbeat.
         return self._waiting.pop(payload, None)
 
+    def drain(self) -> Iterator[Pending]:
+        yield from self._waiting.values()
+        self._waiting = {}
+
 
 def build_message(probe: ProbeConfig, correlation_field: str | None, req_id: int) -> str:
     """The JSON text a message probe sends."""
@@ -117,6 +136,18 @@ def build_message(probe: ProbeConfig, correlation_field: str | None, req_id: int
     if correlation_field is not None:
         body[correlation_field] = req_id
     return json.dumps(body, separators=(",", ":"))
+
+
+def message_template(send: dict[str, Any], correlation_field: str | None) -> Callable[[int], str]:
+    """A fast builder of `build_message`'s text: the JSON is serialised once, and only the
+    increasing id is spliced in per send."""
+    if correlation_field is None:
+        text = json.dumps(send, separators=(",", ":"))
+        return lambda _: text
+    if correlation_field in send or not send:
+        return lambda req_id: json.dumps({**send, correlation_field: req_id}, separators=(",", ":"))
+    head = json.dumps(send, separators=(",", ":"))[:-1] + "," + json.dumps(correlation_field) + ":"
+    return lambda req_id: f"{head}{req_id}}}"
 
 
 def parse(text: str) -> dict[str, Any] | None:

@@ -27,9 +27,9 @@ from .probes import (
     Pending,
     PongWaiters,
     Reply,
-    build_message,
     judge,
     judge_auth,
+    message_template,
     parse,
 )
 from .probes import server_time_offset as time_offset
@@ -285,6 +285,9 @@ class Session:
             for task in probes:
                 task.cancel()
             await asyncio.gather(*probes, return_exceptions=True)
+            for pending in (*self.correlator.drain(), *self.pongs.drain()):
+                if pending.timer is not None:
+                    pending.timer.cancel()
             if self._closer is not None:
                 await self._closer
             elif not self.ws.closed:
@@ -331,8 +334,8 @@ class Session:
                     await ws.pong(msg.data)
             elif kind is WSMsgType.PONG:
                 pending = self.pongs.match(msg.data)
-                if pending is not None and not pending.future.done():
-                    pending.future.set_result(Reply(received, None))
+                if pending is not None:
+                    pending.answer(Reply(received, None))
             elif kind is WSMsgType.CLOSE:
                 if self._local is not None:  # the peer's answer to our close
                     return Disconnect(self._local[0], "local", self._local[1])
@@ -366,43 +369,88 @@ class Session:
         if isinstance(found, str):
             self.m.unmatched[found].inc()
             return
-        if not found.future.done():
-            found.future.set_result(Reply(received, message, text))
+        found.answer(Reply(received, message, text))
 
     # --- probes -------------------------------------------------------------------------
 
     async def _probe_loop(self, probe: ProbeConfig) -> None:
-        """Run one probe on its own cadence; the first send is jittered over one interval."""
+        """Send one probe on its own cadence; the first send is jittered over one interval.
+
+        The loop only sends: the receive loop hands the reply straight to `_on_reply` (one
+        task wake-up per round trip, as in a hand-written client), and a timer counts the
+        timeout when no reply came.
+        """
         loop = asyncio.get_running_loop()
         pm = self.m.probes[probe.name]
+        lag = self.m.send_lag
+        build = (
+            message_template(probe.send or {}, self.target.correlation_field)
+            if probe.kind == "message"
+            else None
+        )
         due = loop.time() + self.rng.uniform(0.0, probe.interval)
         while True:
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            await asyncio.sleep(due - loop.time())
+            now = loop.time()
+            lag.observe(max(0.0, now - due))
             due += probe.interval
-            if due < loop.time():  # the loop stalled past a whole interval: skip, don't burst
-                due = loop.time() + probe.interval
-            if probe.kind == "ws-ping":
-                await self._ping_frame(probe, pm)
+            if due < now:  # the loop stalled past a whole interval: skip, don't burst
+                due = now + probe.interval
+            if build is not None:
+                await self._send_message(probe, pm, build)
             else:
-                await self._message(probe, pm)
+                await self._send_ping(probe, pm)
 
-    async def _message(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
+    async def _send_message(
+        self, probe: ProbeConfig, pm: ProbeMetrics, build: Callable[[int], str]
+    ) -> None:
         req_id = self.correlator.next_id()
-        text = build_message(probe, self.target.correlation_field, req_id)
-        pending = Pending(probe.name, asyncio.get_running_loop().create_future(), req_id)
+        pending = Pending(req_id, lambda reply: self._on_reply(probe, pm, pending, reply))
         self.correlator.register(pending)
+        text = build(req_id)
+        pending.sent_wall = time.time()
+        pending.sent_at = time.perf_counter()
         try:
-            pending.sent_wall = time.time()
-            pending.sent_at = time.perf_counter()
             await self.ws.send_str(text)
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             self.correlator.forget(pending)
             self._send_failed(probe, pm, exc)
             return
-        pm.sent.inc()
-        reply = await self._wait(probe, pm, pending, self.correlator.forget)
-        if reply is None:
+        self._arm(probe, pm, pending, self.correlator.forget)
+
+    async def _send_ping(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
+        payload = self.pongs.next_payload()
+        pending = Pending(
+            payload, lambda reply: self._answered(pm, reply.received_at - pending.sent_at)
+        )
+        self.pongs.register(pending)
+        pending.sent_at = time.perf_counter()
+        try:
+            await self.ws.ping(payload)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            self.pongs.forget(pending)
+            self._send_failed(probe, pm, exc)
             return
+        self._arm(probe, pm, pending, self.pongs.forget)
+
+    def _arm(
+        self,
+        probe: ProbeConfig,
+        pm: ProbeMetrics,
+        pending: Pending,
+        forget: Callable[[Pending], None],
+    ) -> None:
+        """Count the probe as sent and start its timeout (unless the reply already came)."""
+        pm.sent.inc()
+        if not pending.done:
+            remaining = probe.timeout - (time.perf_counter() - pending.sent_at)
+            pending.timer = asyncio.get_running_loop().call_later(
+                max(0.0, remaining), self._timed_out, probe, pm, pending, forget
+            )
+
+    def _on_reply(
+        self, probe: ProbeConfig, pm: ProbeMetrics, pending: Pending, reply: Reply
+    ) -> None:
         rtt = reply.received_at - pending.sent_at
         outcome, detail = judge(probe, reply)
         if outcome != "ok":
@@ -424,34 +472,17 @@ class Session:
             self.m.set_time_offset(offset)
         self._answered(pm, rtt)
 
-    async def _ping_frame(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
-        payload = self.pongs.next_payload()
-        pending = Pending(probe.name, asyncio.get_running_loop().create_future(), payload)
-        self.pongs.register(pending)
-        try:
-            pending.sent_at = time.perf_counter()
-            await self.ws.ping(payload)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            self.pongs.forget(pending)
-            self._send_failed(probe, pm, exc)
-            return
-        pm.sent.inc()
-        reply = await self._wait(probe, pm, pending, self.pongs.forget)
-        if reply is not None:
-            self._answered(pm, reply.received_at - pending.sent_at)
-
-    async def _wait(
-        self, probe: ProbeConfig, pm: ProbeMetrics, pending: Pending, forget: Any
-    ) -> Reply | None:
-        try:
-            async with asyncio.timeout(probe.timeout):
-                return await pending.future
-        except TimeoutError:
-            forget(pending)
+    def _timed_out(
+        self,
+        probe: ProbeConfig,
+        pm: ProbeMetrics,
+        pending: Pending,
+        forget: Callable[[Pending], None],
+    ) -> None:
+        forget(pending)
         pm.timeouts.inc()
         self.m.up.set(0)
         self.consecutive_timeouts += 1
-        dead = self.consecutive_timeouts >= self.target.dead_after_timeouts
         self.log.warning(
             "probe.timeout",
             target=self.target.name,
@@ -459,9 +490,8 @@ class Session:
             timeout_s=probe.timeout,
             consecutive=self.consecutive_timeouts,
         )
-        if dead:
+        if self.consecutive_timeouts >= self.target.dead_after_timeouts:
             self.close(DEAD_CODE, "probe timeout")
-        return None
 
     def _answered(self, pm: ProbeMetrics, rtt: float) -> None:
         self.consecutive_timeouts = 0

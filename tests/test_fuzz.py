@@ -223,8 +223,16 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     lp.close()
 
 
+REPLIES: dict[int, Reply] = {}  # id(pending) -> the reply handed to it
+
+
 def pending(lp: asyncio.AbstractEventLoop, key: Any) -> Pending:
-    return Pending("ping", lp.create_future(), key)
+    created = Pending(key, lambda reply: REPLIES.__setitem__(id(created), reply))
+    return created
+
+
+def answered(p: Pending) -> bool:
+    return p.done and id(p) in REPLIES
 
 
 @FUZZ
@@ -498,12 +506,12 @@ def test_session_with_waiting_probes(
     batch = [*batch, *(json.dumps({ID_FIELD: p.key}) for p in waiting[::2] if p.key)]
     for i, text in enumerate(batch):
         session._on_text(text, float(i))
-    done = [p for p in waiting if p.future.done()]
+    done = [p for p in waiting if answered(p)]
     assert len(done) + sum(unmatched(registry).values()) == len(batch)
     if field is not None:
-        assert all(p.future.done() for p in waiting[::2])
+        assert all(answered(p) for p in waiting[::2])
     for p in done:
-        reply = p.future.result()
+        reply = REPLIES[id(p)]
         assert reply.raw in batch
         assert canonical(reply.message) == canonical(probes.parse(reply.raw))
         if field is not None:
@@ -873,3 +881,19 @@ def test_config_tls_merge_problem_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.loads(yaml.safe_dump(doc), "<fuzz>", env=ENV)
     assert info.value.problems[0].startswith("targets[0]")
+
+
+@FUZZ
+@given(
+    send=json_objects.filter(lambda d: not has_nan(d)),
+    field=fields,
+    req_id=st.integers(1, 10**12),
+)
+def test_message_template_matches_build_message(
+    send: dict[str, Any], field: str | None, req_id: int
+) -> None:
+    """The precomputed message text is exactly what serialising the message would give."""
+    probe = ProbeConfig.model_construct(name="p", kind="message", send=send, expect=None)
+    assert probes.message_template(send, field)(req_id) == probes.build_message(
+        probe, field, req_id
+    )
