@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, speedups
 from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError
@@ -28,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--listen", metavar="HOST:PORT", help="HTTP address for /metrics")
         cmd.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
         cmd.add_argument("--log-level", choices=LEVELS, type=str.lower, default=None)
+        cmd.add_argument(
+            "--event-loop",
+            choices=("auto", "asyncio", "uvloop"),
+            default="auto",
+            help="auto: uvloop when installed (pip install wsmon[speedups])",
+        )
         cmd.add_argument(
             "--web.config.file",
             dest="web_config_file",
@@ -78,12 +83,12 @@ def _run(args: argparse.Namespace) -> int:
         notifier=Notifier(),
         web_config_file=args.web_config_file,
     )
-    return _serve(daemon, None)
+    return _serve(daemon, None, args.event_loop)
 
 
-def _serve(daemon: Daemon, announce: str | None) -> int:
+def _serve(daemon: Daemon, announce: str | None, event_loop: str = "auto") -> int:
     try:
-        return asyncio.run(serve(daemon, announce))
+        return speedups.run(serve(daemon, announce), event_loop)
     except OSError as exc:  # e.g. the listen address is taken
         daemon.log.error("startup.failed", error=f"{type(exc).__name__}: {exc}")
         return 1
@@ -102,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     from .demo import run_demo
 
-    return run_demo(args.listen, args.log_format, args.log_level, args.web_config_file)
+    return run_demo(
+        args.listen, args.log_format, args.log_level, args.web_config_file, args.event_loop
+    )
 
 
 if __name__ == "__main__":

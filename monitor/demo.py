@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from . import config as config_mod
+from . import speedups
 from .app import Daemon, serve
 from .config import DEFAULT_LISTEN
 from .demo_api import DemoAPI
@@ -65,10 +64,11 @@ def run_demo(
     log_format: str | None,
     log_level: str | None,
     web_config: str | None = None,
+    event_loop: str = "auto",
 ) -> int:
     """Run the simulated API and the daemon in one process until Ctrl-C or SIGTERM."""
     try:
-        return asyncio.run(_demo(listen, log_format, log_level, web_config))
+        return speedups.run(_demo(listen, log_format, log_level, web_config), event_loop)
     except WebConfigError as exc:
         print(f"wsmon demo: bad web config {exc.source}: " + "; ".join(exc.problems))
         return 1
