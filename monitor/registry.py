@@ -70,6 +70,10 @@ class Family:
         self.kind = kind  # "counter", "gauge" or "histogram"
         self.labelnames = labelnames
         self.buckets = (*buckets, INF) if buckets else ()
+        if kind == "histogram":
+            # Labels are written sorted; `le` first lets every bucket line share one head.
+            assert all(n > "le" for n in labelnames), "histogram labels must sort after le"
+            self.bucket_heads = [f'{name}_bucket{{le="{go_float(b)}"' for b in self.buckets]
         self.sample_name = f"{name}_total" if kind == "counter" else name
         # Series sharing these label values are rendered (and cached) together.
         self._chunk_index = tuple(labelnames.index(n) for n in chunk_labels if n in labelnames)
@@ -91,12 +95,11 @@ class Family:
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}")
         key = "\0".join(values[i] for i in self._chunk_index)
-        pairs = tuple(zip(self.labelnames, values, strict=True))
         created: Series
         if self.kind == "histogram":
-            created = HistogramSeries(self, key, pairs)
+            created = HistogramSeries(self, key, values)
         else:
-            created = Series(self, key, pairs)
+            created = Series(self, key, values)
         self.series[values] = created
         if key not in self.chunks:
             self.chunks[key] = []
@@ -114,7 +117,7 @@ class Family:
     def remove(self, **match: str) -> None:
         """Drop every series whose labels include `match`."""
         for values, series in list(self.series.items()):
-            labels = dict(series.pairs)
+            labels = dict(zip(self.labelnames, values, strict=True))
             if all(labels.get(k) == v for k, v in match.items()):
                 del self.series[values]
                 chunk = self.chunks[series.key]
@@ -138,14 +141,17 @@ class Family:
 class Series:
     """A counter or gauge value; every change marks its chunk for re-rendering."""
 
-    __slots__ = ("family", "key", "line", "pairs", "value")
+    __slots__ = ("family", "key", "line", "value", "values")
 
-    def __init__(self, family: Family, key: str, pairs: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, family: Family, key: str, values: tuple[str, ...]) -> None:
         self.family = family
         self.key = key
-        self.pairs = pairs
+        self.values = values  # the same tuple that keys family.series: no extra memory
         self.value = 0.0
-        self.line = f"{family.sample_name}{_labels_text(pairs)} "
+        self.line = f"{family.sample_name}{_labels_text(self.pairs())} "
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return tuple(zip(self.family.labelnames, self.values, strict=True))
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
@@ -159,24 +165,26 @@ class Series:
         return f"{self.line}{go_float(self.value)}\n"
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        yield self.family.sample_name, dict(self.pairs), self.value
+        yield self.family.sample_name, dict(self.pairs()), self.value
 
 
 class HistogramSeries(Series):
-    """Bucket counts (not cumulative: one increment per observation), sum and count."""
+    """Bucket counts (not cumulative: one increment per observation), sum and count.
 
-    __slots__ = ("bucket_lines", "count_line", "counts", "sum", "sum_line")
+    To keep memory per target small, bucket lines are assembled from the family's shared
+    `le` heads and this series' label text (`line` holds the latter)."""
 
-    def __init__(self, family: Family, key: str, pairs: tuple[tuple[str, str], ...]) -> None:
-        super().__init__(family, key, pairs)
-        name = family.name
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, family: Family, key: str, values: tuple[str, ...]) -> None:
+        self.family = family
+        self.key = key
+        self.values = values
+        self.value = 0.0
+        body = _labels_text(self.pairs())[1:-1]  # without the braces
+        self.line = f",{body}}} " if body else "} "
         self.counts = [0] * len(family.buckets)
         self.sum = 0.0
-        self.bucket_lines = [
-            f"{name}_bucket{_labels_text((*pairs, ('le', go_float(b))))} " for b in family.buckets
-        ]
-        self.count_line = f"{name}_count{_labels_text(pairs)} "
-        self.sum_line = f"{name}_sum{_labels_text(pairs)} "
 
     def observe(self, amount: float) -> None:
         # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
@@ -187,17 +195,21 @@ class HistogramSeries(Series):
     def render(self) -> str:
         cumulative = list(itertools.accumulate(self.counts))
         total = cumulative[-1]
+        tail = self.line
+        heads = self.family.bucket_heads
         if total < 1_000_000:
-            lines = [f"{line}{n}.0\n" for line, n in zip(self.bucket_lines, cumulative)]  # noqa: B905
+            lines = [f"{h}{tail}{n}.0\n" for h, n in zip(heads, cumulative)]  # noqa: B905
         else:
-            lines = [f"{line}{_count_text(n)}\n" for line, n in zip(self.bucket_lines, cumulative)]  # noqa: B905
-        lines.append(f"{self.count_line}{_count_text(total)}\n")
-        lines.append(f"{self.sum_line}{go_float(self.sum)}\n")
+            lines = [f"{h}{tail}{_count_text(n)}\n" for h, n in zip(heads, cumulative)]  # noqa: B905
+        labels = "" if tail == "} " else f"{{{tail[1:-2]}}}"
+        name = self.family.name
+        lines.append(f"{name}_count{labels} {_count_text(total)}\n")
+        lines.append(f"{name}_sum{labels} {go_float(self.sum)}\n")
         return "".join(lines)
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         name = self.family.name
-        labels = dict(self.pairs)
+        labels = dict(self.pairs())
         total = 0
         for bound, count in zip(self.family.buckets, self.counts, strict=True):
             total += count
