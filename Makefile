@@ -48,6 +48,7 @@ pytest: $(STAMP) tools
 
 # Benchmarks: figures go to bench/RESULTS.md (see the commands recorded there).
 bench: $(STAMP)
+	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.soak --cycles 10000
 
 clean:

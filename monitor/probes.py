@@ -33,7 +33,9 @@ class Pending:
     directly (no task to wake), and `timer` fires the timeout unless the reply came first."""
 
     key: Any
-    on_reply: Callable[[Reply], None]
+    # Called as on_reply(pending, reply). Taking the pending as an argument (not closing
+    # over it) keeps reference cycles, and the collector's work, off the hot path.
+    on_reply: Callable[[Pending, Reply], None]
     sent_at: float = 0.0  # time.perf_counter()
     sent_wall: float = 0.0  # time.time()
     timer: asyncio.TimerHandle | None = None
@@ -43,7 +45,8 @@ class Pending:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
-        self.on_reply(reply)
+            self.timer = None  # the handle refers back to this pending
+        self.on_reply(self, reply)
 
 
 class Correlator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import random
 import socket
@@ -405,7 +406,7 @@ class Session:
         self, probe: ProbeConfig, pm: ProbeMetrics, build: Callable[[int], str]
     ) -> None:
         req_id = self.correlator.next_id()
-        pending = Pending(req_id, lambda reply: self._on_reply(probe, pm, pending, reply))
+        pending = Pending(req_id, functools.partial(self._on_reply, probe, pm))
         self.correlator.register(pending)
         text = build(req_id)
         pending.sent_wall = time.time()
@@ -420,9 +421,7 @@ class Session:
 
     async def _send_ping(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
         payload = self.pongs.next_payload()
-        pending = Pending(
-            payload, lambda reply: self._answered(pm, reply.received_at - pending.sent_at)
-        )
+        pending = Pending(payload, functools.partial(self._on_pong, pm))
         self.pongs.register(pending)
         pending.sent_at = time.perf_counter()
         try:
@@ -472,6 +471,9 @@ class Session:
             self.m.set_time_offset(offset)
         self._answered(pm, rtt)
 
+    def _on_pong(self, pm: ProbeMetrics, pending: Pending, reply: Reply) -> None:
+        self._answered(pm, reply.received_at - pending.sent_at)
+
     def _timed_out(
         self,
         probe: ProbeConfig,
@@ -479,6 +481,7 @@ class Session:
         pending: Pending,
         forget: Callable[[Pending], None],
     ) -> None:
+        pending.timer = None
         forget(pending)
         pm.timeouts.inc()
         self.m.up.set(0)

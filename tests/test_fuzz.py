@@ -227,8 +227,7 @@ REPLIES: dict[int, Reply] = {}  # id(pending) -> the reply handed to it
 
 
 def pending(lp: asyncio.AbstractEventLoop, key: Any) -> Pending:
-    created = Pending(key, lambda reply: REPLIES.__setitem__(id(created), reply))
-    return created
+    return Pending(key, lambda p, reply: REPLIES.__setitem__(id(p), reply))
 
 
 def answered(p: Pending) -> bool:

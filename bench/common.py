@@ -1,0 +1,115 @@
+"""Small helpers shared by the benchmark harness (bench/run.py) and its child processes.
+
+Everything here measures the process it runs in: CPU from ``getrusage`` (all threads, in
+microseconds), memory from ``/proc/self/status``; percentiles by nearest rank.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import math
+import resource
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "DiscardingStream",
+    "cpu_seconds",
+    "emit",
+    "percentile",
+    "raise_nofile",
+    "rss_kb",
+    "rss_kb_after_gc",
+    "summary",
+]
+
+
+def raise_nofile() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the new soft limit.
+
+    Used directly by the Python children and as the ``preexec_fn`` of the node server.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (every thread) so far, in seconds."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_kb() -> int:
+    """Resident set size of this process in KiB (VmRSS)."""
+    return _status_kb("VmRSS")
+
+
+def rss_kb_after_gc() -> int:
+    """VmRSS after a full garbage collection, in KiB."""
+    gc.collect()
+    return rss_kb()
+
+
+def peak_rss_kb() -> int:
+    """Peak resident set size of this process in KiB (VmHWM)."""
+    return _status_kb("VmHWM")
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of already sorted values, by nearest rank; NaN if empty."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
+def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float | int]:
+    """n, mean, p50, p90, p99, max of `values` multiplied by `scale` (e.g. 1000: s -> ms)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return {"n": 0}
+    return {
+        "n": n,
+        "mean": math.fsum(ordered) / n * scale,
+        "p50": percentile(ordered, 50) * scale,
+        "p90": percentile(ordered, 90) * scale,
+        "p99": percentile(ordered, 99) * scale,
+        "max": ordered[-1] * scale,
+    }
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """Write one JSON line on stdout (the child -> harness channel) and flush it."""
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+class DiscardingStream(io.StringIO):
+    """A text stream whose write() keeps nothing; it only counts the lines written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines = 0
+
+    def write(self, s: str) -> int:
+        self.lines += s.count("\n")
+        return len(s)
+
+    def isatty(self) -> bool:
+        return False
