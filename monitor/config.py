@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -68,6 +69,16 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _check_name(v: str) -> str:
+    """Target and probe names become label values: keep them plain."""
+    if not _NAME_RE.match(v):
+        raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,19 +96,12 @@ class ReconnectConfig(_Strict):
 class ProbeConfig(_Strict):
     """One periodic probe on a target's connection."""
 
-    name: str
+    name: Name
     kind: Literal["message", "ws-ping"] = "message"
     send: dict[str, Any] | None = Field(default=None, validate_default=True)
     expect: dict[str, Any] | None = None
     interval: Duration = 30.0
     timeout: Duration = 5.0
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
-        return v
 
     @field_validator("send", "expect", mode="after")
     @classmethod
@@ -250,15 +254,8 @@ class TargetSettings(_Strict):
 class TargetConfig(TargetSettings):
     """One monitored WebSocket endpoint."""
 
-    name: str
+    name: Name
     url: str
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
-        return v
 
     @field_validator("url")
     @classmethod
