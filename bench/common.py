@@ -7,13 +7,14 @@ microseconds), memory from ``/proc/self/status``; percentiles by nearest rank.
 from __future__ import annotations
 
 import gc
-import io
 import json
 import math
 import resource
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from .soak import _DiscardingStream as DiscardingStream
 
 __all__ = [
     "DiscardingStream",
@@ -98,18 +99,3 @@ def emit(obj: dict[str, Any]) -> None:
     """Write one JSON line on stdout (the child -> harness channel) and flush it."""
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
-
-
-class DiscardingStream(io.StringIO):
-    """A text stream whose write() keeps nothing; it only counts the lines written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines = 0
-
-    def write(self, s: str) -> int:
-        self.lines += s.count("\n")
-        return len(s)
-
-    def isatty(self) -> bool:
-        return False
