@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -26,7 +25,6 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     """Render what changed since the last scrape in short slices, then stream the cached
     text; gzip (when asked) runs in a worker thread, where zlib releases the GIL."""
     registry = request.app[REGISTRY_KEY]
-    started = time.perf_counter()
     while not registry.refresh(SLICE_SECONDS):  # noqa: ASYNC110 - yield between slices
         await asyncio.sleep(0)
     response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
@@ -43,7 +41,6 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     if compressor is not None:
         await response.write(compressor.flush())
     await response.write_eof()
-    registry.last_render_seconds = time.perf_counter() - started
     return response
 
 

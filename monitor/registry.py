@@ -223,7 +223,6 @@ class Registry:
 
     def __init__(self) -> None:
         self.families: list[Family] = []
-        self.last_render_seconds = 0.0
 
     def stale_chunks(self) -> int:
         return sum(len(f.stale) for f in self.families)
@@ -282,9 +281,6 @@ class Registry:
                 if sample_name == name and sample_labels == wanted:
                     return value
         return None
-
-    def names(self) -> set[str]:
-        return {f.name for f in self.families}
 
     def describe(self) -> list[Any]:
         return []

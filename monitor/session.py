@@ -11,7 +11,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -407,30 +407,32 @@ class Session:
     ) -> None:
         req_id = self.correlator.next_id()
         pending = Pending(req_id, functools.partial(self._on_reply, probe, pm))
-        self.correlator.register(pending)
-        text = build(req_id)
-        pending.sent_wall = time.time()
-        pending.sent_at = time.perf_counter()
-        try:
-            await self.ws.send_str(text)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            self.correlator.forget(pending)
-            self._send_failed(probe, pm, exc)
-            return
-        self._arm(probe, pm, pending, self.correlator.forget)
+        await self._send(probe, pm, pending, self.correlator, self.ws.send_str(build(req_id)))
 
     async def _send_ping(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
         payload = self.pongs.next_payload()
         pending = Pending(payload, functools.partial(self._on_pong, pm))
-        self.pongs.register(pending)
+        await self._send(probe, pm, pending, self.pongs, self.ws.ping(payload))
+
+    async def _send(
+        self,
+        probe: ProbeConfig,
+        pm: ProbeMetrics,
+        pending: Pending,
+        waiters: Correlator | PongWaiters,
+        sending: Awaitable[None],
+    ) -> None:
+        """Register `pending`, then send; the clock starts right before the frame is written."""
+        waiters.register(pending)
+        pending.sent_wall = time.time()
         pending.sent_at = time.perf_counter()
         try:
-            await self.ws.ping(payload)
+            await sending
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            self.pongs.forget(pending)
+            waiters.forget(pending)
             self._send_failed(probe, pm, exc)
             return
-        self._arm(probe, pm, pending, self.pongs.forget)
+        self._arm(probe, pm, pending, waiters.forget)
 
     def _arm(
         self,

@@ -385,3 +385,42 @@ async def test_server_pings_are_answered(start_daemon: StartDaemon) -> None:
         assert pongs == [b"srv-0", b"srv-1", b"srv-2"]
     finally:
         await runner.cleanup()
+
+
+async def test_timestamps_durations_and_send_lag(
+    server: WSTestServer, start_daemon: StartDaemon
+) -> None:
+    """Handshake durations are observed once per connection the server accepted; the
+    connection and last-success timestamps fall inside the test's own clock readings; every
+    probe sent has a send-lag sample, all of them small on an idle loop."""
+    before = time.time()
+    h = await start_daemon(target("t", server.url))
+    await server.wait_for(lambda: server.request_count("ping") >= 3)
+    await server.close_all(4001)
+    await server.wait_for(lambda: server.connections == 2 and server.request_count("ping") >= 5)
+    await h.daemon.stop()
+    after = time.time()
+    assert h.value("wsmon_connect_duration_seconds_count", target="t") == server.connections
+    assert 0 < h.value("wsmon_connect_duration_seconds_sum", target="t") < 1.0
+    # Stopped: the connection is down, so its timestamp reads 0; the last success is real.
+    assert h.value("wsmon_connection_established_timestamp_seconds", target="t") == 0
+    assert (
+        before
+        <= h.value("wsmon_probe_last_success_timestamp_seconds", target="t", probe="ping")
+        <= after
+    )
+    sent = h.value("wsmon_probes_sent_total", target="t", probe="ping")
+    lag_count = h.value("wsmon_probe_send_lag_seconds_count")
+    assert lag_count >= sent == server.request_count("ping")
+    assert h.value("wsmon_probe_send_lag_seconds_bucket", le="0.05") == lag_count
+
+
+async def test_established_timestamp_while_connected(
+    server: WSTestServer, start_daemon: StartDaemon
+) -> None:
+    """While connected, the established timestamp is when the handshake finished."""
+    before = time.time()
+    h = await start_daemon(target("t", server.url))
+    await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
+    established = h.value("wsmon_connection_established_timestamp_seconds", target="t")
+    assert before <= established <= time.time()
