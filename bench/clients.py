@@ -13,9 +13,8 @@ KIND is one of
   logging into a discarding sink.  Bench-only instrumentation, installed in this process
   only (monitor/ is not changed): ``Session._answered`` is wrapped to record each answered
   probe's RTT; ``Session.run`` to count open sessions; optionally (``--send-lag``)
-  ``Session._probe_loop`` and the WebSocket's ``send_str`` / ``ping`` to record each
-  probe's send lag (actual minus scheduled send, the schedule rebuilt from the jitter the
-  loop draws from ``self.rng`` and its interval; see ``WsmonInstrumentation``).
+  ``ProbeRun.fire`` and the WebSocket's ``send_str`` / ``ping`` to record each probe's send
+  lag (actual minus scheduled send; see ``WsmonInstrumentation``).
 
 The child connects every target, waits ``--warmup`` seconds, then measures for ``--window``
 seconds: CPU (``getrusage``, all threads), round trips answered in the window and their RTT.
@@ -288,47 +287,17 @@ class WebsocketsClient:
 # --- wsmon --------------------------------------------------------------------------------
 
 
-class _Schedule:
-    """The send schedule of one probe loop, rebuilt the way ``_probe_loop`` keeps it."""
-
-    __slots__ = ("due", "interval")
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.due: float | None = None
-
-
-class _RecordingRng:
-    """Wraps the session's rng; the next ``uniform`` draw sets the schedule's first send."""
-
-    def __init__(self, real: random.Random, loop: asyncio.AbstractEventLoop) -> None:
-        self.real = real
-        self.loop = loop
-        self.current: _Schedule | None = None
-
-    def uniform(self, a: float, b: float) -> float:
-        value = self.real.uniform(a, b)
-        if self.current is not None:
-            # _probe_loop computes loop.time() + uniform(0, interval) in one expression.
-            self.current.due = self.loop.time() + value
-            self.current = None
-        return value
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
 class WsmonInstrumentation:
     """Wraps a few methods in this (bench) process only; monitor/ itself is not changed.
 
     * ``Session._answered(pm, rtt)``: every answered probe's RTT;
     * ``Session.run``: sessions open now (all connected when it equals the targets);
-    * send lag (``--send-lag``): ``Session._probe_loop`` draws its first send time as
-      ``loop.time() + self.rng.uniform(0, interval)`` in its first step, so a wrapper gives
-      the session an rng proxy that records that draw, and keeps the schedule per probe-loop
-      task; ``ClientWebSocketResponse.send_str`` / ``ping`` called from that task are the
-      sends, each compared with its scheduled time, which then advances by one interval
-      (with the loop's rule: a send more than one interval late re-bases the schedule).
+    * send lag (``--send-lag``): the clock calls ``ProbeRun.fire`` for each scheduled send;
+      a wrapper reads the time the send was scheduled for (``ProbeRun.due``) before the
+      original runs, and ``ClientWebSocketResponse.send_str`` / ``ping`` called from inside
+      that call take the loop's time when the frame is handed to aiohttp: the lag is the
+      difference. Sends skipped while an earlier one waits for the socket buffer, or that
+      fail, are not seen.
     """
 
     def __init__(self, rec: Recorder, send_lag: bool) -> None:
@@ -337,28 +306,32 @@ class WsmonInstrumentation:
         self.sessions = 0
         self.send_lag = send_lag
         self.lag_sends_seen = 0
-        self._schedules: dict[asyncio.Task[Any], _Schedule] = {}
+        self._due: float | None = None  # set while a ProbeRun.fire runs
 
     def install(self) -> None:
-        from monitor.session import Session
+        from monitor import session as session_mod
 
-        for name in ("_answered", "run", "_probe_loop"):
-            if not callable(getattr(Session, name, None)):
+        Session = session_mod.Session
+        needed: list[tuple[Any, str]] = [(Session, "_answered"), (Session, "run")]
+        if self.send_lag:
+            needed.append((getattr(session_mod, "ProbeRun", None), "fire"))
+        for owner, name in needed:
+            if not callable(getattr(owner, name, None)):
                 raise RuntimeError(
-                    f"monitor.session.Session.{name} is gone: bench/clients.py's "
-                    "instrumentation needs updating"
+                    f"monitor.session: {getattr(owner, '__name__', owner)}.{name} is gone: "
+                    "bench/clients.py's instrumentation needs updating"
                 )
         rec = self.rec
         instr = self
         orig_answered = Session._answered
         orig_run = Session.run
 
-        def _answered(self: Session, pm: Any, rtt: float) -> None:
+        def _answered(self: Any, pm: Any, rtt: float) -> None:
             if rec.on:
                 rec.rtts.append(rtt)
             orig_answered(self, pm, rtt)
 
-        async def run(self: Session) -> Any:
+        async def run(self: Any) -> Any:
             instr.active += 1
             instr.sessions += 1
             try:
@@ -369,55 +342,39 @@ class WsmonInstrumentation:
         Session._answered = _answered  # type: ignore[method-assign]
         Session.run = run  # type: ignore[method-assign]
         if self.send_lag:
-            self._install_send_lag(Session)
+            self._install_send_lag(session_mod.ProbeRun)
 
-    def _install_send_lag(self, session_cls: Any) -> None:
+    def _install_send_lag(self, probe_run_cls: Any) -> None:
         from aiohttp import ClientWebSocketResponse
 
         rec = self.rec
         instr = self
-        schedules = self._schedules
-        orig_probe_loop = session_cls._probe_loop
+        orig_fire = probe_run_cls.fire
         orig_send_str = ClientWebSocketResponse.send_str
         orig_ping = ClientWebSocketResponse.ping
 
-        async def _probe_loop(self: Any, probe: Any) -> None:
-            loop = asyncio.get_running_loop()
-            rng = self.rng
-            if not isinstance(rng, _RecordingRng):
-                rng = _RecordingRng(rng, loop)
-                self.rng = rng
-            sched = _Schedule(probe.interval)
-            rng.current = sched  # the loop's first step (run by this await) draws the jitter
-            task = asyncio.current_task()
-            assert task is not None
-            schedules[task] = sched
+        def fire(self: Any) -> None:
+            instr._due = self.due
             try:
-                await orig_probe_loop(self, probe)
+                orig_fire(self)
             finally:
-                schedules.pop(task, None)
+                instr._due = None
 
         def sent() -> None:
-            task = asyncio.current_task()
-            sched = schedules.get(task) if task is not None else None
-            if sched is None or sched.due is None:
+            if instr._due is None:
                 return
-            now = asyncio.get_running_loop().time()
-            rec.lag(now - sched.due)
-            sched.due += sched.interval
-            if sched.due < now:  # the same skip rule as _probe_loop
-                sched.due = now + sched.interval
+            rec.lag(asyncio.get_running_loop().time() - instr._due)
             instr.lag_sends_seen += 1
 
-        async def send_str(self: Any, data: str, *args: Any, **kwargs: Any) -> None:
+        def send_str(self: Any, data: str, *args: Any, **kwargs: Any) -> Any:
             sent()
-            await orig_send_str(self, data, *args, **kwargs)
+            return orig_send_str(self, data, *args, **kwargs)
 
-        async def ping(self: Any, *args: Any, **kwargs: Any) -> None:
+        def ping(self: Any, *args: Any, **kwargs: Any) -> Any:
             sent()
-            await orig_ping(self, *args, **kwargs)
+            return orig_ping(self, *args, **kwargs)
 
-        session_cls._probe_loop = _probe_loop
+        probe_run_cls.fire = fire
         ClientWebSocketResponse.send_str = send_str  # type: ignore[method-assign]
         ClientWebSocketResponse.ping = ping  # type: ignore[method-assign]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import json
@@ -30,23 +29,27 @@ class Reply:
 @dataclass(slots=True, eq=False)
 class Pending:
     """A request waiting for its reply: the receive loop hands the reply to `on_reply`
-    directly (no task to wake), and `timer` fires the timeout unless the reply came first."""
+    directly (no task to wake); if none came by its deadline, the clock calls `fire()`,
+    which hands it to `on_timeout`. Whichever comes first marks it `done`."""
 
     key: Any
-    # Called as on_reply(pending, reply). Taking the pending as an argument (not closing
-    # over it) keeps reference cycles, and the collector's work, off the hot path.
+    # Called as on_reply(pending, reply) and on_timeout(pending). Taking the pending as an
+    # argument (not closing over it) lets one bound method serve every request of a probe.
     on_reply: Callable[[Pending, Reply], None]
+    on_timeout: Callable[[Pending], None] | None = None
     sent_at: float = 0.0  # time.perf_counter()
     sent_wall: float = 0.0  # time.time()
-    timer: asyncio.TimerHandle | None = None
-    done: bool = False  # answered (possibly before the send call even returned)
+    done: bool = False  # answered (possibly before the send call even returned) or expired
 
     def answer(self, reply: Reply) -> None:
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None  # the handle refers back to this pending
         self.on_reply(self, reply)
+
+    def fire(self) -> None:
+        """The deadline passed without a reply (the clock skips a pending that is done)."""
+        self.done = True
+        if self.on_timeout is not None:
+            self.on_timeout(self)
 
 
 class Correlator:

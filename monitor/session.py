@@ -11,7 +11,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.connector import AddrInfoType
 from structlog.typing import FilteringBoundLogger
 
+from .clock import Clock, clock, start_eagerly
 from .config import ProbeConfig, TargetConfig, TCPConfig
 from .log import redact_url
 from .metrics import ProbeMetrics, TargetMetrics
@@ -38,6 +39,8 @@ from .probes import server_time_offset as time_offset
 # Close codes that never travel in a close frame (RFC 6455, section 7.4.1).
 NO_STATUS = 1005
 ABNORMAL = 1006
+# What a failed send raises: the connection is going away (its receive loop says how).
+SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
 # What the monitor sends when it gives up on a connection whose probes go unanswered.
 DEAD_CODE = 1011
 
@@ -248,8 +251,8 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
 
 
 class Session:
-    """An open connection: one receive loop, one task per probe, and an honest account of
-    how the connection ended."""
+    """An open connection: one receive loop, its probes (`ProbeRun`, on the loop's clock), and
+    an honest account of how the connection ended."""
 
     def __init__(
         self,
@@ -274,21 +277,23 @@ class Session:
 
     async def run(self) -> Disconnect:
         """Serve the connection until it ends; return how it ended."""
-        probes = [
-            asyncio.create_task(self._probe_loop(p), name=f"probe:{self.target.name}:{p.name}")
+        clk = clock()
+        runs = [
+            ProbeRun(self, p, clk, clk.time() + self.rng.uniform(0.0, p.interval))
             for p in self.target.probes
         ]
-        if not probes:
+        if not runs:
             self.m.up.set(1)
         try:
             ended = await self._receive_loop()
         finally:
-            for task in probes:
-                task.cancel()
-            await asyncio.gather(*probes, return_exceptions=True)
+            for run in runs:
+                run.stop()
+            await asyncio.gather(
+                *(r.sending for r in runs if r.sending is not None), return_exceptions=True
+            )
             for pending in (*self.correlator.drain(), *self.pongs.drain()):
-                if pending.timer is not None:
-                    pending.timer.cancel()
+                pending.done = True  # the clock drops its deadline
             if self._closer is not None:
                 await self._closer
             elif not self.ws.closed:
@@ -372,87 +377,10 @@ class Session:
             return
         found.answer(Reply(received, message, text))
 
-    # --- probes -------------------------------------------------------------------------
+    # --- what probes report ------------------------------------------------------------
 
-    async def _probe_loop(self, probe: ProbeConfig) -> None:
-        """Send one probe on its own cadence; the first send is jittered over one interval.
-
-        The loop only sends: the receive loop hands the reply straight to `_on_reply` (one
-        task wake-up per round trip, as in a hand-written client), and a timer counts the
-        timeout when no reply came.
-        """
-        loop = asyncio.get_running_loop()
-        pm = self.m.probes[probe.name]
-        lag = self.m.send_lag
-        build = (
-            message_template(probe.send or {}, self.target.correlation_field)
-            if probe.kind == "message"
-            else None
-        )
-        due = loop.time() + self.rng.uniform(0.0, probe.interval)
-        while True:
-            await asyncio.sleep(due - loop.time())
-            now = loop.time()
-            lag.observe(max(0.0, now - due))
-            due += probe.interval
-            if due < now:  # the loop stalled past a whole interval: skip, don't burst
-                due = now + probe.interval
-            if build is not None:
-                await self._send_message(probe, pm, build)
-            else:
-                await self._send_ping(probe, pm)
-
-    async def _send_message(
-        self, probe: ProbeConfig, pm: ProbeMetrics, build: Callable[[int], str]
-    ) -> None:
-        req_id = self.correlator.next_id()
-        pending = Pending(req_id, functools.partial(self._on_reply, probe, pm))
-        await self._send(probe, pm, pending, self.correlator, self.ws.send_str(build(req_id)))
-
-    async def _send_ping(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
-        payload = self.pongs.next_payload()
-        pending = Pending(payload, functools.partial(self._on_pong, pm))
-        await self._send(probe, pm, pending, self.pongs, self.ws.ping(payload))
-
-    async def _send(
-        self,
-        probe: ProbeConfig,
-        pm: ProbeMetrics,
-        pending: Pending,
-        waiters: Correlator | PongWaiters,
-        sending: Awaitable[None],
-    ) -> None:
-        """Register `pending`, then send; the clock starts right before the frame is written."""
-        waiters.register(pending)
-        pending.sent_wall = time.time()
-        pending.sent_at = time.perf_counter()
-        try:
-            await sending
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            waiters.forget(pending)
-            self._send_failed(probe, pm, exc)
-            return
-        self._arm(probe, pm, pending, waiters.forget)
-
-    def _arm(
-        self,
-        probe: ProbeConfig,
-        pm: ProbeMetrics,
-        pending: Pending,
-        forget: Callable[[Pending], None],
-    ) -> None:
-        """Count the probe as sent and start its timeout (unless the reply already came)."""
-        pm.sent.inc()
-        if not pending.done:
-            remaining = probe.timeout - (time.perf_counter() - pending.sent_at)
-            pending.timer = asyncio.get_running_loop().call_later(
-                max(0.0, remaining), self._timed_out, probe, pm, pending, forget
-            )
-
-    def _on_reply(
-        self, probe: ProbeConfig, pm: ProbeMetrics, pending: Pending, reply: Reply
-    ) -> None:
-        rtt = reply.received_at - pending.sent_at
+    def _on_reply(self, probe: ProbeConfig, pm: ProbeMetrics, sent_wall: float, rtt: float,
+                  reply: Reply) -> None:  # fmt: skip
         outcome, detail = judge(probe, reply)
         if outcome != "ok":
             self.consecutive_timeouts = 0  # the peer is alive, just wrong
@@ -468,23 +396,12 @@ class Session:
             )
             return
         assert reply.message is not None
-        offset = time_offset(reply.message, pending.sent_wall, rtt)
+        offset = time_offset(reply.message, sent_wall, rtt)
         if offset is not None:
             self.m.set_time_offset(offset)
         self._answered(pm, rtt)
 
-    def _on_pong(self, pm: ProbeMetrics, pending: Pending, reply: Reply) -> None:
-        self._answered(pm, reply.received_at - pending.sent_at)
-
-    def _timed_out(
-        self,
-        probe: ProbeConfig,
-        pm: ProbeMetrics,
-        pending: Pending,
-        forget: Callable[[Pending], None],
-    ) -> None:
-        pending.timer = None
-        forget(pending)
+    def _timed_out(self, probe: ProbeConfig, pm: ProbeMetrics) -> None:
         pm.timeouts.inc()
         self.m.up.set(0)
         self.consecutive_timeouts += 1
@@ -520,3 +437,135 @@ class Session:
 def safe_url(target: TargetConfig) -> str:
     """The target's URL as it may appear in logs."""
     return redact_url(target.url)
+
+
+class ProbeRun:
+    """One probe on one open connection: its sends, on the loop's clock, and what becomes of
+    each request (a reply, an error or a timeout).
+
+    No task per probe: the clock calls `fire()` at the scheduled time, which sends right
+    there (the receive loop hands the reply to `_reply`; one task wake-up per round trip,
+    as in a hand-written client), and the request's own deadline on the same clock counts
+    the timeout when no reply came. The first send is jittered over one interval.
+    """
+
+    __slots__ = (
+        "_on_reply",
+        "_on_timeout",
+        "build",
+        "clock",
+        "done",
+        "due",
+        "pm",
+        "probe",
+        "sending",
+        "session",
+        "waiters",
+    )
+
+    def __init__(self, session: Session, probe: ProbeConfig, clk: Clock, first_due: float) -> None:
+        self.session = session
+        self.probe = probe
+        self.pm = session.m.probes[probe.name]
+        self.clock = clk
+        self.waiters: Correlator | PongWaiters
+        if probe.kind == "message":
+            self.build: Callable[[int], str] | None = message_template(
+                probe.send or {}, session.target.correlation_field
+            )
+            self.waiters = session.correlator
+            self._on_reply = self._reply
+        else:
+            self.build = None
+            self.waiters = session.pongs
+            self._on_reply = self._pong
+        self._on_timeout = self._timed_out  # bound once, shared by every request
+        self.sending: asyncio.Task[None] | None = None  # a send waiting for the socket buffer
+        self.done = False
+        self.due = first_due
+        clk.call_at(first_due, self)
+
+    def stop(self) -> None:
+        """The connection is over: no more sends (the clock drops this entry)."""
+        self.done = True
+        if self.sending is not None:
+            self.sending.cancel()
+
+    def fire(self) -> None:
+        """Send now and schedule the next send; a loop that stalled past a whole interval
+        skips ahead rather than bursting. While an earlier send still waits for room in the
+        socket buffer (a peer that stopped reading), no new request is added behind it."""
+        clk = self.clock
+        now = clk.time()
+        due = self.due
+        self.session.m.send_lag.observe(max(0.0, now - due))
+        interval = self.probe.interval
+        due += interval
+        if due < now:
+            due = now + interval
+        self.due = due
+        clk.call_at(due, self)
+        if self.sending is None:
+            self._send(now + self.probe.timeout)
+
+    def _send(self, deadline: float) -> None:
+        session = self.session
+        pending: Pending
+        sending: Coroutine[Any, Any, None]
+        if self.build is not None:
+            req_id = session.correlator.next_id()
+            pending = Pending(req_id, self._on_reply, self._on_timeout)
+            sending = session.ws.send_str(self.build(req_id))
+        else:
+            payload = session.pongs.next_payload()
+            pending = Pending(payload, self._on_reply, self._on_timeout)
+            sending = session.ws.ping(payload)
+        # Register first: the reply can arrive before the send call returns.
+        self.waiters.register(pending)
+        pending.sent_wall = time.time()
+        pending.sent_at = time.perf_counter()  # the clock starts right before the write
+        try:
+            rest = start_eagerly(sending)
+        except SEND_ERRORS as exc:
+            self._failed(pending, exc)
+            return
+        if rest is None:
+            self._sent(pending, deadline)
+        else:
+            self.sending = rest
+            rest.add_done_callback(functools.partial(self._sent_later, pending, deadline))
+
+    def _sent(self, pending: Pending, deadline: float) -> None:
+        self.pm.sent.inc()
+        if not pending.done:
+            self.clock.call_at(deadline, pending)
+
+    def _sent_later(self, pending: Pending, deadline: float, task: asyncio.Task[None]) -> None:
+        self.sending = None
+        if task.cancelled():
+            self.waiters.forget(pending)
+            return
+        exc = task.exception()
+        if exc is None:
+            self._sent(pending, deadline)
+        elif isinstance(exc, SEND_ERRORS):
+            self._failed(pending, exc)
+        else:
+            self.waiters.forget(pending)
+            raise exc
+
+    def _failed(self, pending: Pending, exc: BaseException) -> None:
+        pending.done = True
+        self.waiters.forget(pending)
+        self.session._send_failed(self.probe, self.pm, exc)
+
+    def _reply(self, pending: Pending, reply: Reply) -> None:
+        rtt = reply.received_at - pending.sent_at
+        self.session._on_reply(self.probe, self.pm, pending.sent_wall, rtt, reply)
+
+    def _pong(self, pending: Pending, reply: Reply) -> None:
+        self.session._answered(self.pm, reply.received_at - pending.sent_at)
+
+    def _timed_out(self, pending: Pending) -> None:
+        self.waiters.forget(pending)
+        self.session._timed_out(self.probe, self.pm)

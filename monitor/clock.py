@@ -1,0 +1,138 @@
+"""Many deadlines on one event-loop timer, and sends that do not need a task.
+
+Every probe has two deadlines per round trip: when to send, and when to give up on the reply.
+With `asyncio.sleep` and `loop.call_later` each of them costs a future, a timer handle and a
+context copy that live until the deadline, and a task wake-up; at thousands of targets those
+objects are most of what the garbage collector walks. `Clock` keeps the deadlines in one heap
+of plain tuples and holds a single loop timer for the earliest live one; an entry that is no
+longer wanted (an answered probe, a closed connection) is marked `done` and dropped when it
+reaches the top, so cancelling costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import weakref
+from collections.abc import Coroutine, Generator
+from typing import Any, Protocol
+
+
+class Entry(Protocol):
+    """What the clock calls: `fire()` at the deadline, unless `done` by then."""
+
+    done: bool
+
+    def fire(self) -> None: ...
+
+
+class Clock:
+    """A heap of (deadline, sequence, entry) served by one `loop.call_at` timer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.time = loop.time
+        self._heap: list[tuple[float, int, Entry]] = []
+        self._seq = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = math.inf
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def call_at(self, when: float, entry: Entry) -> None:
+        """Fire `entry` at loop time `when` (entries due at the same time fire in order)."""
+        heapq.heappush(self._heap, (when, next(self._seq), entry))
+        if when < self._armed:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.loop.call_at(when, self._run)
+        self._armed = when
+
+    def _run(self) -> None:
+        self._handle = None
+        self._armed = -math.inf  # what fired entries add is armed once, below
+        heap = self._heap
+        pop = heapq.heappop
+        now = self.loop.time()
+        try:
+            while heap:
+                when, _, entry = heap[0]
+                if entry.done:
+                    pop(heap)
+                    continue
+                if when > now:
+                    break
+                pop(heap)
+                try:
+                    entry.fire()
+                except Exception as exc:  # one entry's bug must not stop every other timer
+                    self.loop.call_exception_handler(
+                        {"message": "clock entry failed", "exception": exc, "entry": entry}
+                    )
+        finally:
+            self._armed = math.inf
+            if heap:
+                self._arm(heap[0][0])
+
+
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clock] = weakref.WeakKeyDictionary()
+
+
+def clock() -> Clock:
+    """The running loop's clock (made on first use)."""
+    loop = asyncio.get_running_loop()
+    found = _clocks.get(loop)
+    if found is None:
+        found = _clocks[loop] = Clock(loop)
+    return found
+
+
+def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run `coro` now, up to its first suspension.
+
+    A WebSocket send writes its frame and returns without suspending unless the socket's
+    buffer is full, so it usually finishes here: None. Otherwise the rest runs in a task,
+    which is returned. An exception raised before the first suspension propagates.
+    """
+    try:
+        suspended_on = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_finish(coro, suspended_on))
+
+
+async def _finish(coro: Coroutine[Any, Any, None], suspended_on: Any) -> None:
+    await _Resume(coro, suspended_on)
+
+
+class _Resume:
+    """Awaitable that hands the task what `coro` suspended on, then drives `coro` on."""
+
+    __slots__ = ("coro", "suspended_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], suspended_on: Any) -> None:
+        self.coro = coro
+        self.suspended_on = suspended_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro = self.coro
+        yielded = self.suspended_on
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as exc:  # cancellation and the like go to the coroutine
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    yielded = coro.send(value)
+                except StopIteration:
+                    return
