@@ -15,6 +15,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import time
 import weakref
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
@@ -38,6 +39,14 @@ class Clock:
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed = math.inf
+        # How early the loop may run a timer by its own clock: asyncio's runs a handle due
+        # within the clock's resolution; uvloop keeps time (and timers) in whole milliseconds,
+        # so an entry up to 1 ms ahead by loop.time() is due (else the timer would spin).
+        self.slack = (
+            time.get_clock_info("monotonic").resolution
+            if isinstance(loop, asyncio.BaseEventLoop)
+            else 0.001
+        )
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -59,7 +68,7 @@ class Clock:
         self._armed = -math.inf  # what fired entries add is armed once, below
         heap = self._heap
         pop = heapq.heappop
-        now = self.loop.time()
+        now = self.loop.time() + self.slack
         try:
             while heap:
                 when, _, entry = heap[0]
