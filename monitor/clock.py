@@ -4,9 +4,8 @@ Every probe has two deadlines per round trip: when to send, and when to give up 
 With `asyncio.sleep` and `loop.call_later` each of them costs a future, a timer handle and a
 context copy that live until the deadline, and a task wake-up; at thousands of targets those
 objects are most of what the garbage collector walks. `Clock` keeps the deadlines in one heap
-of plain tuples and holds a single loop timer for the earliest live one; an entry that is no
-longer wanted (an answered probe, a closed connection) is marked `done` and dropped when it
-reaches the top, so cancelling costs nothing.
+of plain numbers and holds a single loop timer for the earliest live one; cancelling an entry
+(an answered probe, a closed connection) is one dict deletion.
 """
 
 from __future__ import annotations
@@ -22,20 +21,21 @@ from typing import Any, Protocol
 
 
 class Entry(Protocol):
-    """What the clock calls: `fire()` at the deadline, unless `done` by then."""
-
-    done: bool
+    """What the clock calls at its deadline."""
 
     def fire(self) -> None: ...
 
 
 class Clock:
-    """A heap of (deadline, sequence, entry) served by one `loop.call_at` timer."""
+    """A heap of (deadline, number) served by one `loop.call_at` timer; the entries wait in
+    a dict by number, so that cancelling drops the entry at once (an answered request is
+    freed right away) and the heap holds only numbers, which the garbage collector skips."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.time = loop.time
-        self._heap: list[tuple[float, int, Entry]] = []
+        self._heap: list[tuple[float, int]] = []
+        self._entries: dict[int, Entry] = {}
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed = math.inf
@@ -49,13 +49,22 @@ class Clock:
         )
 
     def __len__(self) -> int:
-        return len(self._heap)
+        """Entries waiting (cancelled ones not counted)."""
+        return len(self._entries)
 
-    def call_at(self, when: float, entry: Entry) -> None:
-        """Fire `entry` at loop time `when` (entries due at the same time fire in order)."""
-        heapq.heappush(self._heap, (when, next(self._seq), entry))
+    def call_at(self, when: float, entry: Entry) -> int:
+        """Fire `entry` at loop time `when`; returns the number that cancels it. Entries due
+        at the same time fire in the order they were added."""
+        seq = next(self._seq)
+        self._entries[seq] = entry
+        heapq.heappush(self._heap, (when, seq))
         if when < self._armed:
             self._arm(when)
+        return seq
+
+    def cancel(self, seq: int) -> None:
+        """Forget the entry `call_at` numbered `seq` (nothing if it fired already)."""
+        self._entries.pop(seq, None)
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:
@@ -67,17 +76,19 @@ class Clock:
         self._handle = None
         self._armed = -math.inf  # what fired entries add is armed once, below
         heap = self._heap
+        entries = self._entries
         pop = heapq.heappop
         now = self.loop.time() + self.slack
         try:
             while heap:
-                when, _, entry = heap[0]
-                if entry.done:
+                when, seq = heap[0]
+                if seq not in entries:  # cancelled
                     pop(heap)
                     continue
                 if when > now:
                     break
                 pop(heap)
+                entry = entries.pop(seq)
                 try:
                     entry.fire()
                 except Exception as exc:  # one entry's bug must not stop every other timer

@@ -30,7 +30,8 @@ class Reply:
 class Pending:
     """A request waiting for its reply: the receive loop hands the reply to `on_reply`
     directly (no task to wake); if none came by its deadline, the clock calls `fire()`,
-    which hands it to `on_timeout`. Whichever comes first marks it `done`."""
+    which hands it to `on_timeout`. Whichever comes first marks it `done`; `timer` is the
+    deadline's number on the clock, which `on_reply` cancels."""
 
     key: Any
     # Called as on_reply(pending, reply) and on_timeout(pending). Taking the pending as an
@@ -40,6 +41,7 @@ class Pending:
     sent_at: float = 0.0  # time.perf_counter()
     sent_wall: float = 0.0  # time.time()
     done: bool = False  # answered (possibly before the send call even returned) or expired
+    timer: int | None = None
 
     def answer(self, reply: Reply) -> None:
         self.done = True

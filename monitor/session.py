@@ -293,7 +293,9 @@ class Session:
                 *(r.sending for r in runs if r.sending is not None), return_exceptions=True
             )
             for pending in (*self.correlator.drain(), *self.pongs.drain()):
-                pending.done = True  # the clock drops its deadline
+                pending.done = True
+                if pending.timer is not None:
+                    clk.cancel(pending.timer)
             if self._closer is not None:
                 await self._closer
             elif not self.ws.closed:
@@ -454,12 +456,12 @@ class ProbeRun:
         "_on_timeout",
         "build",
         "clock",
-        "done",
         "due",
         "pm",
         "probe",
         "sending",
         "session",
+        "timer",
         "waiters",
     )
 
@@ -481,13 +483,12 @@ class ProbeRun:
             self._on_reply = self._pong
         self._on_timeout = self._timed_out  # bound once, shared by every request
         self.sending: asyncio.Task[None] | None = None  # a send waiting for the socket buffer
-        self.done = False
         self.due = first_due
-        clk.call_at(first_due, self)
+        self.timer = clk.call_at(first_due, self)
 
     def stop(self) -> None:
-        """The connection is over: no more sends (the clock drops this entry)."""
-        self.done = True
+        """The connection is over: no more sends."""
+        self.clock.cancel(self.timer)
         if self.sending is not None:
             self.sending.cancel()
 
@@ -504,7 +505,7 @@ class ProbeRun:
         if due < now:
             due = now + interval
         self.due = due
-        clk.call_at(due, self)
+        self.timer = clk.call_at(due, self)
         if self.sending is None:
             self._send(now + self.probe.timeout)
 
@@ -538,7 +539,7 @@ class ProbeRun:
     def _sent(self, pending: Pending, deadline: float) -> None:
         self.pm.sent.inc()
         if not pending.done:
-            self.clock.call_at(deadline, pending)
+            pending.timer = self.clock.call_at(deadline, pending)
 
     def _sent_later(self, pending: Pending, deadline: float, task: asyncio.Task[None]) -> None:
         self.sending = None
@@ -560,10 +561,14 @@ class ProbeRun:
         self.session._send_failed(self.probe, self.pm, exc)
 
     def _reply(self, pending: Pending, reply: Reply) -> None:
+        if pending.timer is not None:
+            self.clock.cancel(pending.timer)
         rtt = reply.received_at - pending.sent_at
         self.session._on_reply(self.probe, self.pm, pending.sent_wall, rtt, reply)
 
     def _pong(self, pending: Pending, reply: Reply) -> None:
+        if pending.timer is not None:
+            self.clock.cancel(pending.timer)
         self.session._answered(self.pm, reply.received_at - pending.sent_at)
 
     def _timed_out(self, pending: Pending) -> None:
