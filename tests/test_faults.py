@@ -118,13 +118,22 @@ class TestLostConnections:
         assert 0 <= scheduled["delay_s"] <= scheduled["ceiling_s"] == 0.02
         undisturbed(h, other_server)
 
+    @pytest.mark.parametrize("pad", [0, 3 << 20], ids=["small", "fills-socket-buffer"])
     async def test_frozen_server_process_detected_and_recovered(
-        self, server_process: ServerProcess, other_server: WSTestServer, start_daemon: StartDaemon
+        self,
+        pad: int,
+        server_process: ServerProcess,
+        other_server: WSTestServer,
+        start_daemon: StartDaemon,
     ) -> None:
         """A server frozen with SIGSTOP (the kernel still holds and ACKs its sockets) is
-        declared dead within 2 x (interval + timeout); after SIGCONT the target recovers."""
+        declared dead within 2 x (interval + timeout); after SIGCONT the target recovers.
+        With 3 MiB requests the socket buffers fill and sends wait for room that never
+        comes: no request queues up behind them, and closing gives up after close_timeout
+        plus one second."""
         interval, timeout = 0.2, 0.1
-        probes = [{**PING, "interval": f"{interval}s", "timeout": f"{timeout}s"}]
+        send = {"ping": 1, "pad": "x" * pad} if pad else PING["send"]
+        probes = [{**PING, "send": send, "interval": f"{interval}s", "timeout": f"{timeout}s"}]
         bad = target("bad", server_process.url, probes=probes, close_timeout="100ms")
         h = await with_neighbour(start_daemon, bad, other_server)
         await h.wait_for(lambda: h.value("wsmon_up", target="bad") == 1)
@@ -138,7 +147,8 @@ class TestLostConnections:
                     == 1
                 )
             )
-            assert loop.time() - frozen <= 2 * (interval + timeout) + 0.1
+            close_bound = 0.1 + 1.0 if pad else 0.0
+            assert loop.time() - frozen <= 2 * (interval + timeout) + 0.1 + close_bound
             assert h.value("wsmon_up", target="bad") == 0
         finally:
             server_process.thaw()
