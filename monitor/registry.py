@@ -23,7 +23,8 @@ INF = math.inf
 
 def go_float(d: float) -> str:
     """A float as the Prometheus text format writes it (prometheus_client's floatToGoString:
-    Go switches to exponent notation sooner than Python's repr)."""
+    Go switches to exponent notation sooner than Python's repr). Between -inf and 1e6 (not
+    included) it is repr(d); callers on hot paths test that range inline."""
     if d == INF:
         return "+Inf"
     if d == -INF:
@@ -130,7 +131,16 @@ class Family:
                     self.stale.discard(series.key)
 
     def render_chunk(self, key: str) -> None:
-        self.text[key] = "".join([s.render() for s in self.chunks[key]]).encode()
+        chunk = self.chunks[key]
+        if self.kind == "histogram":
+            text = "".join([s.render() for s in chunk])
+        else:
+            # Series.render inlined: a chunk is a handful of lines, and this runs for every
+            # changed chunk on every scrape.
+            text = "".join(
+                [f"{s.line}{v!r}\n" if -INF < (v := s.value) < 1e6 else s.render() for s in chunk]
+            )
+        self.text[key] = text.encode()
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         for chunk in self.chunks.values():
@@ -233,14 +243,19 @@ class Registry:
         Returns True when nothing is left stale. Callers on the event loop pass a small
         time budget and yield between calls, so a large re-render never holds the loop.
         """
-        deadline = None if seconds is None else time.perf_counter() + seconds
+        deadline = math.inf if seconds is None else time.perf_counter() + seconds
+        clock = time.perf_counter
         for family in self.families:
             stale = family.stale
+            chunks = family.chunks
+            render = family.render_chunk
             while stale:
-                key = stale.pop()
-                if key in family.chunks:
-                    family.render_chunk(key)
-                if deadline is not None and time.perf_counter() >= deadline:
+                # A few chunks between looks at the clock: each takes microseconds.
+                for _ in range(min(8, len(stale))):
+                    key = stale.pop()
+                    if key in chunks:
+                        render(key)
+                if clock() >= deadline:
                     return not any(f.stale for f in self.families)
         return True
 
