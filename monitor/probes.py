@@ -54,6 +54,9 @@ class Pending:
             self.on_timeout(self)
 
 
+_NO_QUEUE: collections.deque[Any] = collections.deque(maxlen=0)  # shared, always empty
+
+
 class Correlator:
     """Matches replies to the message probes waiting for them on one connection.
 
@@ -66,7 +69,10 @@ class Correlator:
         self.field = field_name
         self._next = 0
         self._by_id: dict[int, Pending] = {}
-        self._in_order: collections.deque[Pending] = collections.deque()
+        # Only correlation by order uses the queue (a deque costs some 600 bytes).
+        self._in_order: collections.deque[Pending] = (
+            collections.deque() if field_name is None else _NO_QUEUE
+        )
 
     def next_id(self) -> int:
         self._next += 1
@@ -109,7 +115,8 @@ class Correlator:
         yield from self._by_id.values()
         yield from self._in_order
         self._by_id = {}
-        self._in_order = collections.deque()
+        if self.field is None:
+            self._in_order = collections.deque()
 
 
 class PongWaiters:

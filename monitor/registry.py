@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -95,7 +96,8 @@ class Family:
             return found
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: expected labels {self.labelnames}")
-        key = "\0".join(values[i] for i in self._chunk_index)
+        # Interned: every family of a target shares one key string.
+        key = sys.intern("\0".join(values[i] for i in self._chunk_index))
         created: Series
         if self.kind == "histogram":
             created = HistogramSeries(self, key, values)
