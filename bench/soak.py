@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import io
 import json
 import os
 import random
@@ -57,6 +56,8 @@ from monitor import config as config_mod
 from monitor.app import Daemon
 from monitor.log import Logging
 
+from .common import DiscardingStream
+
 _TESTS_DIR = Path(__file__).resolve().parent.parent / "tests"
 if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
@@ -75,21 +76,6 @@ _POLL = 0.001  # seconds between checks while waiting for the targets to come ba
 
 class SoakError(Exception):
     """The soak could not go on (a target did not come back in time)."""
-
-
-class _DiscardingStream(io.StringIO):
-    """A text stream whose write() keeps nothing; it only counts the lines written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines = 0
-
-    def write(self, s: str) -> int:
-        self.lines += s.count("\n")
-        return len(s)
-
-    def isatty(self) -> bool:
-        return False
 
 
 @dataclass
@@ -254,13 +240,13 @@ def _target(name: str, url: str, probe_interval: float) -> dict[str, Any]:
 
 def _daemon(
     url: str, targets: int, probe_interval: float, seed: int
-) -> tuple[Daemon, _DiscardingStream]:
+) -> tuple[Daemon, DiscardingStream]:
     doc = {
         "listen": "127.0.0.1:0",
         "targets": [_target(f"t{i}", url, probe_interval) for i in range(targets)],
     }
     cfg = config_mod.loads(yaml.safe_dump(doc), source="<soak>")
-    sink = _DiscardingStream()
+    sink = DiscardingStream()
     logging = Logging("json", "info", stream=sink, secrets=cfg.secrets)
     return Daemon(cfg, logging, rng=random.Random(seed), stop_timeout=2.0), sink
 
