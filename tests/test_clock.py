@@ -71,7 +71,8 @@ async def test_a_failing_entry_does_not_stop_the_others() -> None:
     finally:
         loop.set_exception_handler(None)
     assert [n for n, _ in log] == ["same tick", "later"]
-    assert len(errors) == 1 and isinstance(errors[0]["exception"], ValueError)
+    assert len(errors) == 1
+    assert isinstance(errors[0]["exception"], ValueError)
 
 
 async def test_entries_added_while_firing_are_scheduled() -> None:
@@ -130,7 +131,8 @@ async def test_start_eagerly_continues_a_suspended_send_in_a_task() -> None:
         steps.append(f"drained {got}")
 
     task = start_eagerly(send())
-    assert task is not None and steps == ["written"]
+    assert task is not None
+    assert steps == ["written"]
     await asyncio.sleep(0)
     assert not task.done()
     room.set_result("ok")

@@ -7,7 +7,7 @@ short for a meaningful memory bound, so memory is only measured here, not judged
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -15,21 +15,15 @@ from types import ModuleType
 
 import pytest
 
-_SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_soak() -> ModuleType:
-    """bench/soak.py as a module (the repository root need not be on sys.path)."""
-    name = "wsmon_bench_soak"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _SOAK)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    """bench/soak.py as ``bench.soak``, as ``python -m bench.soak`` runs it (it imports
+    its siblings relatively); the repository root goes on sys.path if it is not there."""
+    if str(_ROOT) not in sys.path:
+        sys.path.insert(0, str(_ROOT))
+    return importlib.import_module("bench.soak")
 
 
 soak = _load_soak()
