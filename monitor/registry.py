@@ -85,7 +85,7 @@ class Family:
         )
         self.series: dict[tuple[str, ...], Series] = {}
         self.chunks: dict[str, list[Series]] = {}
-        self.text: dict[str, bytes] = {}
+        self.text: dict[str, str] = {}  # ASCII, encoded when joined for a scrape
         self.stale: set[str] = set()
         registry.families.append(self)
 
@@ -106,7 +106,7 @@ class Family:
         self.series[values] = created
         if key not in self.chunks:
             self.chunks[key] = []
-            self.text[key] = b""  # holds the chunk's place: output follows creation order
+            self.text[key] = ""  # holds the chunk's place: output follows creation order
         self.chunks[key].append(created)
         self.stale.add(key)
         return created
@@ -135,14 +135,16 @@ class Family:
     def render_chunk(self, key: str) -> None:
         chunk = self.chunks[key]
         if self.kind == "histogram":
-            text = "".join([s.render() for s in chunk])
+            self.text[key] = "".join([s.render() for s in chunk])
+        elif len(chunk) == 1:  # most chunks: one target's one series
+            s = chunk[0]
+            v = s.value
+            self.text[key] = f"{s.line}{v!r}\n" if -INF < v < 1e6 else s.render()
         else:
-            # Series.render inlined: a chunk is a handful of lines, and this runs for every
-            # changed chunk on every scrape.
-            text = "".join(
+            # Series.render inlined: this runs for every changed chunk on every scrape.
+            self.text[key] = "".join(
                 [f"{s.line}{v!r}\n" if -INF < (v := s.value) < 1e6 else s.render() for s in chunk]
             )
-        self.text[key] = text.encode()
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         for chunk in self.chunks.values():
@@ -269,7 +271,7 @@ class Registry:
                 yield family.header  # prometheus_client writes the header alone too
                 continue
             for start in range(0, len(texts), chunks):
-                part = b"".join(texts[start : start + chunks])
+                part = "".join(texts[start : start + chunks]).encode()
                 yield family.header + part if start == 0 else part
 
     def render(self) -> bytes:

@@ -452,8 +452,6 @@ class ProbeRun:
     """
 
     __slots__ = (
-        "_on_reply",
-        "_on_timeout",
         "build",
         "clock",
         "due",
@@ -476,12 +474,9 @@ class ProbeRun:
                 probe.send or {}, session.target.correlation_field
             )
             self.waiters = session.correlator
-            self._on_reply = self._reply
         else:
             self.build = None
             self.waiters = session.pongs
-            self._on_reply = self._pong
-        self._on_timeout = self._timed_out  # bound once, shared by every request
         self.sending: asyncio.Task[None] | None = None  # a send waiting for the socket buffer
         self.due = first_due
         self.timer = clk.call_at(first_due, self)
@@ -513,13 +508,15 @@ class ProbeRun:
         session = self.session
         pending: Pending
         sending: Coroutine[Any, Any, None]
+        # The pending holds bound methods of this run (the run holds no pending): no
+        # reference cycle, so everything is freed by reference counting.
         if self.build is not None:
             req_id = session.correlator.next_id()
-            pending = Pending(req_id, self._on_reply, self._on_timeout)
+            pending = Pending(req_id, self._reply, self._timed_out)
             sending = session.ws.send_str(self.build(req_id))
         else:
             payload = session.pongs.next_payload()
-            pending = Pending(payload, self._on_reply, self._on_timeout)
+            pending = Pending(payload, self._pong, self._timed_out)
             sending = session.ws.ping(payload)
         # Register first: the reply can arrive before the send call returns.
         self.waiters.register(pending)

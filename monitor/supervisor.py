@@ -46,7 +46,7 @@ class TargetRunner:
         self.slots = slots
         self.rng = rng or random.Random()
         self.tls = tls_context(target)
-        self.attempted = asyncio.Event()  # set once the first handshake attempt has finished
+        self.attempted = False  # the first handshake attempt has finished
         self._session: Session | None = None
         self._stop_code: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -85,7 +85,7 @@ class TargetRunner:
                     if t.auth is not None:
                         await authenticate(ws, t, m)
                 except ConnectFailed as exc:
-                    self.attempted.set()
+                    self.attempted = True
                     m.connect_failures[exc.reason].inc()
                     self.log.warning(
                         "connect.failed",
@@ -98,7 +98,7 @@ class TargetRunner:
                     attempt += 1
                     await self._pause(next(backoff), attempt, None)
                     continue
-                self.attempted.set()
+                self.attempted = True
                 m.connect_duration.observe(duration)
                 if had_connection:
                     m.reconnects.inc()
@@ -131,7 +131,7 @@ class TargetRunner:
                 attempt += 1
                 await self._pause(next(backoff), attempt, ended)
         finally:
-            self.attempted.set()
+            self.attempted = True
 
     def _backoff(self) -> Iterator[Delay]:
         r = self.target.reconnect
@@ -190,10 +190,10 @@ class Supervisor:
     @property
     def ready(self) -> bool:
         """True once every target has finished its first handshake attempt."""
-        return all(r.attempted.is_set() for r in self.runners.values())
+        return all(r.attempted for r in self.runners.values())
 
     def pending(self) -> list[str]:
-        return [name for name, r in self.runners.items() if not r.attempted.is_set()]
+        return [name for name, r in self.runners.items() if not r.attempted]
 
     async def apply(self, config: Config) -> dict[str, list[str]]:
         """Make the running targets match `config`; unchanged targets keep their connection."""
