@@ -191,6 +191,7 @@ class Metrics:
         """Drop every series labelled with this target (after a reload removed it)."""
         for family in self._target_families():
             family.remove(target=name)
+        self.registry.forget(name)
 
     def remove_probe(self, target: str, probe: str) -> None:
         """Drop the series of a probe that a reload removed from a target."""

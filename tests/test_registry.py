@@ -27,7 +27,8 @@ def populated(targets: int, seed: int) -> Registry:
     m = Metrics(registry)
     handles = []
     for i in range(targets):
-        tm = m.for_target(f"t-{i}", [("ping", "message"), ("frame", "ws-ping")])
+        name = f"t-{i}" if i != 7 else 'q"uote\\back\nline'  # escaping, as the format wants
+        tm = m.for_target(name, [("ping", "message"), ("frame", "ws-ping")])
         handles.append(tm)
     for _ in range(targets * 20):  # updates in random order, across targets and families
         tm = rng.choice(handles)
