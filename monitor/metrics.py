@@ -6,7 +6,7 @@ import platform
 from collections.abc import Iterable
 
 from . import __version__
-from .registry import Family, Registry, Series
+from .registry import Family, Item, Registry, Series
 
 CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "auth", "other")
 PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
@@ -51,6 +51,7 @@ class Metrics:
             "Failed WebSocket handshakes, by reason.",
             "counter",
             ("target", "reason"),
+            grouped=True,
         )
         self.connect_duration = Family(
             r,
@@ -73,6 +74,7 @@ class Metrics:
             "Connections lost, by close code and by who ended them (peer, local, network).",
             "counter",
             ("target", "code", "origin"),
+            grouped=True,
         )
         self.last_close_code = Family(
             r, "wsmon_last_close_code", "Close code of the latest disconnect.", "gauge", t
@@ -105,6 +107,7 @@ class Metrics:
             "Probes answered, but wrongly, or that could not be sent; by reason.",
             "counter",
             ("target", "probe", "reason"),
+            grouped=True,
         )
         self.last_success = Family(
             r,
@@ -129,6 +132,7 @@ class Metrics:
             "Messages received that matched no waiting probe, by reason.",
             "counter",
             ("target", "reason"),
+            grouped=True,
         )
         self.send_lag = Family(
             r,
@@ -202,8 +206,28 @@ class Metrics:
             family.remove(target=target, probe=probe)
 
 
+class ByReason:
+    """`view[reason]`: a series of one family by its last label, looked up when used.
+
+    The series exist from the start (a rate of an absent series is no rate); a dict of
+    them per target and family would cost more memory than the rare lookups cost time."""
+
+    __slots__ = ("family", "values")
+
+    def __init__(self, family: Family, values: tuple[str, ...], reasons: Iterable[str]) -> None:
+        self.family = family
+        self.values = values
+        for reason in reasons:
+            family.item(*values, reason)
+
+    def __getitem__(self, reason: str) -> Item:
+        return self.family.item(*self.values, reason)
+
+
 class ProbeMetrics:
     """Pre-bound series of one probe."""
+
+    __slots__ = ("errors", "last_rtt", "last_success", "rtt", "sent", "timeouts")
 
     def __init__(self, m: Metrics, target: str, probe: str, kind: str) -> None:
         self.rtt = m.rtt.histogram(target, probe)
@@ -211,12 +235,18 @@ class ProbeMetrics:
         self.sent = m.probes_sent.labels(target, probe)
         self.timeouts = m.probe_timeouts.labels(target, probe)
         reasons = PROBE_ERROR_REASONS if kind == "message" else ("send_failed",)
-        self.errors = {r: m.probe_errors.labels(target, probe, r) for r in reasons}
+        self.errors = ByReason(m.probe_errors, (target, probe), reasons)
         self.last_success = m.last_success.labels(target, probe)
 
 
 class TargetMetrics:
     """Pre-bound series of one target, so the hot path does no label lookups."""
+
+    __slots__ = (
+        "_m", "_time_offset", "connect_attempts", "connect_duration", "connect_failures",
+        "connected", "established", "last_close_code", "messages_received", "probes",
+        "reconnects", "send_lag", "target", "unmatched", "up",
+    )  # fmt: skip
 
     def __init__(self, m: Metrics, target: str, probes: tuple[tuple[str, str], ...]) -> None:
         self._m = m
@@ -224,20 +254,18 @@ class TargetMetrics:
         self.up = m.up.labels(target)
         self.connected = m.connected.labels(target)
         self.connect_attempts = m.connect_attempts.labels(target)
-        self.connect_failures = {
-            r: m.connect_failures.labels(target, r) for r in CONNECT_FAILURE_REASONS
-        }
+        self.connect_failures = ByReason(m.connect_failures, (target,), CONNECT_FAILURE_REASONS)
         self.connect_duration = m.connect_duration.histogram(target)
         self.reconnects = m.reconnects.labels(target)
         for code, origin in COMMON_DISCONNECTS:
-            m.disconnects.labels(target, code, origin)
+            m.disconnects.item(target, code, origin)
         self.last_close_code = m.last_close_code.labels(target)
         self.established = m.established.labels(target)
         # Created on the first `time` reply: an offset of 0 before any reply would claim
         # a perfectly synchronised clock.
         self._time_offset: Series | None = None
         self.messages_received = m.messages_received.labels(target)
-        self.unmatched = {r: m.unmatched.labels(target, r) for r in UNMATCHED_REASONS}
+        self.unmatched = ByReason(m.unmatched, (target,), UNMATCHED_REASONS)
         self.probes = {name: ProbeMetrics(m, target, name, kind) for name, kind in probes}
         self.send_lag = m.send_lag
 
@@ -247,5 +275,5 @@ class TargetMetrics:
         self._time_offset.set(seconds)
 
     def disconnect(self, code: int, origin: str) -> None:
-        self._m.disconnects.labels(self.target, str(code), origin).inc()
+        self._m.disconnects.item(self.target, str(code), origin).inc()
         self.last_close_code.set(code)

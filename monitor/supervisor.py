@@ -74,7 +74,7 @@ class TargetRunner:
         t = self.target
         m = self.m
         loop = asyncio.get_running_loop()
-        backoff = self._backoff()
+        backoff: Iterator[Delay] | None = None  # made on the first failure: none while healthy
         attempt = 0
         had_connection = False
         try:
@@ -96,6 +96,7 @@ class TargetRunner:
                         duration_ms=round(exc.duration * 1e3, 3),
                     )
                     attempt += 1
+                    backoff = backoff or self._backoff()
                     await self._pause(next(backoff), attempt, None)
                     continue
                 self.attempted = True
@@ -126,9 +127,10 @@ class TargetRunner:
                 if self._stop_code is not None:
                     return
                 if uptime >= t.reconnect.reset_after:
-                    backoff = self._backoff()
+                    backoff = None
                     attempt = 0
                 attempt += 1
+                backoff = backoff or self._backoff()
                 await self._pause(next(backoff), attempt, ended)
         finally:
             self.attempted = True

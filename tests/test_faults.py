@@ -131,12 +131,13 @@ class TestLostConnections:
         With 3 MiB requests the socket buffers fill and sends wait for room that never
         comes: no request queues up behind them, and closing gives up after close_timeout
         plus one second."""
-        interval, timeout = 0.2, 0.1
+        # A 3 MiB round trip needs more than 0.1 s on a busy machine: longer times then.
+        interval, timeout = (0.5, 0.3) if pad else (0.2, 0.1)
         send = {"ping": 1, "pad": "x" * pad} if pad else PING["send"]
         probes = [{**PING, "send": send, "interval": f"{interval}s", "timeout": f"{timeout}s"}]
         bad = target("bad", server_process.url, probes=probes, close_timeout="100ms")
         h = await with_neighbour(start_daemon, bad, other_server)
-        await h.wait_for(lambda: h.value("wsmon_up", target="bad") == 1)
+        await h.wait_for(lambda: h.value("wsmon_up", target="bad") == 1, timeout=10)
         loop = asyncio.get_running_loop()
         server_process.freeze()
         frozen = loop.time()
