@@ -519,6 +519,16 @@ def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str) ->
 # --- merging defaults into targets -----------------------------------------------------------
 
 
+def _compact(target: TargetConfig, shared: dict[Any, Any]) -> TargetConfig:
+    """The same target, sharing with the targets before it what is equal in all of them:
+    the set of explicitly set fields (merging defaults sets them all: some 700 bytes) and
+    the probe list (its probes come from `defaults`, already shared). Nothing changes a
+    loaded config, so sharing is safe; at 10,000 targets it saves about 8 MB."""
+    fields_set = shared.setdefault(frozenset(target.model_fields_set), target.model_fields_set)
+    probes = shared.setdefault(tuple(map(id, target.probes)), target.probes)
+    return TargetConfig.model_construct(fields_set, **{**target.__dict__, "probes": probes})
+
+
 def _merge(primary: BaseModel, fallback: BaseModel) -> dict[str, Any]:
     """Field values of `primary` where it set them explicitly, else those of `fallback`."""
     out: dict[str, Any] = {}
@@ -567,6 +577,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
 
     targets: list[TargetConfig] = []
     names: dict[str, int] = {}
+    shared: dict[Any, Any] = {}  # for _compact
     problems.extend(_check_reconnect(raw.defaults.reconnect, "defaults.reconnect"))
     if not raw_targets and not problems:
         problems.append("targets: at least one target is required")
@@ -602,7 +613,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
                 problems.append(from_file)
                 continue
             target = target.model_copy(update={"headers": {**from_file, **target.headers}})
-        targets.append(target)
+        targets.append(_compact(target, shared))
 
     if problems:
         raise ConfigError(_without_follow_ups(problems), source)

@@ -65,6 +65,8 @@ class Correlator:
     wrong probe. Without one, replies are matched to the oldest waiting request, in order.
     """
 
+    __slots__ = ("_by_id", "_in_order", "_next", "field")
+
     def __init__(self, field_name: str | None) -> None:
         self.field = field_name
         self._next = 0
@@ -121,6 +123,8 @@ class Correlator:
 
 class PongWaiters:
     """Matches pong frames to ws-ping probes by their 8-byte payload."""
+
+    __slots__ = ("_next", "_waiting")
 
     def __init__(self) -> None:
         self._next = 0

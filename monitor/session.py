@@ -176,7 +176,20 @@ async def connect(
     name resolution.
     """
     dns: list[float] = []
-    _dns_seconds.set(dns)
+    token = _dns_seconds.set(dns)
+    try:
+        return await _open(http, target, slots, tls, dns)
+    finally:
+        _dns_seconds.reset(token)  # the task's context would keep the list otherwise
+
+
+async def _open(
+    http: aiohttp.ClientSession,
+    target: TargetConfig,
+    slots: asyncio.Semaphore,
+    tls: ssl.SSLContext | bool,
+    dns: list[float],
+) -> tuple[ClientWebSocketResponse, float]:
     async with slots:
         started = time.perf_counter()
         try:
@@ -253,6 +266,11 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
 class Session:
     """An open connection: one receive loop, its probes (`ProbeRun`, on the loop's clock), and
     an honest account of how the connection ended."""
+
+    __slots__ = (
+        "_closer", "_local", "consecutive_timeouts", "correlator", "log", "m", "pongs", "rng",
+        "target", "ws",
+    )  # fmt: skip
 
     def __init__(
         self,

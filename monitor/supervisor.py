@@ -30,6 +30,11 @@ TRY_AGAIN_LATER = frozenset({1012, 1013})
 class TargetRunner:
     """Keeps one target connected: connect, serve, record how it ended, back off, repeat."""
 
+    __slots__ = (
+        "_session", "_stop_code", "_task", "attempted", "http", "log", "m", "rng", "slots",
+        "target", "tls",
+    )  # fmt: skip
+
     def __init__(
         self,
         target: TargetConfig,
@@ -188,6 +193,8 @@ class Supervisor:
         self.runners: dict[str, TargetRunner] = {}
         self._slots = asyncio.Semaphore(50)
         self._slot_limit = 50
+        # One callable shared by every runner (a closure each would cost memory per target).
+        self._current_slots: Callable[[], asyncio.Semaphore] = lambda: self._slots
 
     @property
     def ready(self) -> bool:
@@ -223,7 +230,7 @@ class Supervisor:
                 self.metrics.remove_probe(name, probe)
         for name in changed + added:
             runner = TargetRunner(
-                wanted[name], self.http, self.metrics, self.log, lambda: self._slots, self.rng
+                wanted[name], self.http, self.metrics, self.log, self._current_slots, self.rng
             )
             self.runners[name] = runner
             runner.start()
