@@ -207,21 +207,32 @@ class Metrics:
 
 
 class ByReason:
-    """`view[reason]`: a series of one family by its last label, looked up when used.
+    """`view[reason]`: a counter of one family by its last label (`reason`, say).
 
-    The series exist from the start (a rate of an absent series is no rate); a dict of
-    them per target and family would cost more memory than the rare lookups cost time."""
+    The series exist from the start (a rate of an absent series is no rate) and live in the
+    target's `Group`; a lookup finds the reason's place in it by identity, without building
+    label tuples: unmatched messages (a subscription stream) are counted at this speed."""
 
-    __slots__ = ("family", "values")
+    __slots__ = ("family", "group", "heads", "values")
 
     def __init__(self, family: Family, values: tuple[str, ...], reasons: Iterable[str]) -> None:
         self.family = family
         self.values = values
-        for reason in reasons:
-            family.item(*values, reason)
+        items = {reason: family.item(*values, reason) for reason in reasons}
+        first = next(iter(items.values()))
+        self.group = first.group
+        heads = {reason: item.group.heads[item.index] for reason, item in items.items()}
+        # one dict for every target with these labels (the heads do not name the target)
+        self.heads = family.shared(("by-reason", values[1:], tuple(heads)), heads)
 
     def __getitem__(self, reason: str) -> Item:
-        return self.family.item(*self.values, reason)
+        head = self.heads.get(reason)
+        group = self.group
+        if head is not None:
+            for i, h in enumerate(group.heads):
+                if h is head:
+                    return Item(group, i)
+        return self.family.item(*self.values, reason)  # a reason not created up front
 
 
 class ProbeMetrics:

@@ -1,12 +1,13 @@
 """A compact metric store with a fast, cached Prometheus text renderer.
 
 prometheus_client formats every sample on every scrape (seconds for 10,000 targets, all of it
-on the event loop). Here every series caches its text, and an update only marks it stale: a
-scrape re-formats what changed since the last one and joins cached text for the rest. A
-series holds its value and references to label text shared with other series (per target,
-per family), so a target's thirty-odd series cost a few KiB. The output is the text format
-prometheus_client writes for the same samples, byte for byte.
-"""
+on the event loop). Here every series caches its text, and an update only empties that cache:
+a scrape re-formats what changed since the last one (in short slices, see `Registry.refresh`)
+and joins cached text for the rest. A series holds its value and references to label text
+shared with other series (per target, per family); counters by a reason-like label share one
+`Group` per target. A target's series cost about 3 KiB before the first scrape and the size
+of their text (about 5 KiB) after it. The output is the text format prometheus_client writes
+for the same samples, byte for byte."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import itertools
 import math
 import time
 from array import array
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
 from prometheus_client.metrics_core import Metric
 
 INF = math.inf
+T = TypeVar("T")
 
 
 def go_float(d: float) -> str:
@@ -102,6 +104,7 @@ class Family:
         self._heads: dict[tuple[str, ...], str] = {}
         self.extra_of: dict[str, tuple[str, ...]] = {}
         self._head_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # Group.heads, shared
+        self._shared: dict[Hashable, Any] = {}
         registry.families.append(self)
 
     def labels(self, *values: str) -> Series:
@@ -147,6 +150,10 @@ class Family:
 
     def _share(self, heads: tuple[str, ...]) -> tuple[str, ...]:
         return self._head_sets.setdefault(heads, heads)
+
+    def shared(self, key: Hashable, value: T) -> T:
+        """`value`, or the value first stored under `key`: one copy for every target."""
+        return cast("T", self._shared.setdefault(key, value))
 
     def _place(self, values: tuple[str, ...]) -> tuple[str, str]:
         """The (key, head) pair of these label values; see the class docstring."""
@@ -399,7 +406,7 @@ class Registry:
         if key is not None:
             del self.target_of[key]
 
-    def stale_chunks(self) -> int:
+    def stale_series(self) -> int:
         """Series changed since they were last rendered."""
         return sum(not s.text for f in self.families for s in f.series())
 

@@ -75,7 +75,7 @@ def test_sliced_refresh_renders_everything() -> None:
     while not registry.refresh(0.0):
         slices += 1
     assert slices > 1
-    assert registry.stale_chunks() == 0
+    assert registry.stale_series() == 0
     reference = CollectorRegistry()
     reference.register(registry)  # type: ignore[arg-type]
     assert registry.render() == generate_latest(reference)
