@@ -90,6 +90,27 @@ class TestValues:
         assert b.reconnect.multiplier == 2.0
         assert [p.name for p in b.probes] == ["f"]
 
+    def test_targets_share_what_defaults_gave_them(self) -> None:
+        """Targets that take their probes from `defaults` share one probe list (memory at
+        10,000 targets); a target with its own probes keeps them; values are unaffected."""
+        cfg = config.loads(
+            """
+            defaults:
+              probes: [{name: p, send: {ping: 1}, interval: 10s, timeout: 1s}]
+            targets:
+              - {name: a, url: "ws://h/a"}
+              - {name: b, url: "ws://h/b", headers: {X-A: "1"}}
+              - {name: c, url: "ws://h/c", probes: [{name: q, send: {time: 1}}]}
+            """
+        )
+        a, b, c = cfg.targets
+        assert a.probes is b.probes
+        assert a.model_fields_set is b.model_fields_set
+        assert [p.name for p in c.probes] == ["q"]
+        assert (a.name, a.url, b.headers, c.headers) == ("a", "ws://h/a", {"X-A": "1"}, {})
+        assert b.model_dump()["headers"] == {"X-A": "1"}
+        assert a == config.TargetConfig.model_validate({**a.model_dump(), "url": "ws://h/a"})
+
     def test_builtin_defaults(self) -> None:
         """With nothing set, the contract's defaults apply."""
         (t,) = config.loads('targets: [{name: a, url: "wss://h/"}]').targets

@@ -98,3 +98,31 @@ def test_sample_lookup() -> None:
         get("wsmon_probe_rtt_seconds_bucket", {"target": "a", "probe": "ping", "le": "0.015"}) == 0
     )
     assert get("wsmon_up", {"target": "zzz"}) is None
+
+
+def test_reason_counters_share_a_group_and_count_where_they_belong() -> None:
+    """Reason-like counters of a target live in one group; a lookup by reason, a reason
+    added later and a close code not created up front all count in their own series."""
+    registry = Registry()
+    m = Metrics(registry)
+    a = m.for_target("a", [("ping", "message")])
+    b = m.for_target("b", [("ping", "message")])
+    a.unmatched["missing_id"].inc()
+    a.unmatched["missing_id"].inc()
+    a.unmatched["brand-new"].inc(3)  # not created up front: added to a's group
+    b.unmatched["binary"].inc()
+    a.disconnect(4001, "peer")
+    a.probes["ping"].errors["api_error"].inc()
+    get = registry.get_sample_value
+    assert get("wsmon_unmatched_messages_total", {"target": "a", "reason": "missing_id"}) == 2
+    assert get("wsmon_unmatched_messages_total", {"target": "a", "reason": "brand-new"}) == 3
+    assert get("wsmon_unmatched_messages_total", {"target": "b", "reason": "brand-new"}) is None
+    assert get("wsmon_unmatched_messages_total", {"target": "b", "reason": "binary"}) == 1
+    assert get("wsmon_unmatched_messages_total", {"target": "a", "reason": "binary"}) == 0
+    labels = {"target": "a", "code": "4001", "origin": "peer"}
+    assert get("wsmon_disconnects_total", labels) == 1
+    errors = {"target": "a", "probe": "ping", "reason": "api_error"}
+    assert get("wsmon_probe_errors_total", errors) == 1
+    # the two targets' groups share one tuple of label heads while their labels agree
+    assert a.connect_failures.group.heads is b.connect_failures.group.heads
+    assert a.unmatched.group.heads is not b.unmatched.group.heads
