@@ -33,15 +33,27 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         response.headers["Content-Encoding"] = "gzip"
         compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     await response.prepare(request)
-    for piece in registry.pieces():
-        if compressor is not None:
-            piece = await asyncio.to_thread(compressor.compress, piece)
-        if piece:
+    if compressor is None:
+        for piece in registry.pieces():
             await response.write(piece)
-    if compressor is not None:
+    else:
+        # One piece compresses in the thread while the loop joins the next (zlib releases
+        # the GIL); the compressor only ever sees one call at a time, in order.
+        compressing: asyncio.Future[bytes] | None = None
+        for piece in registry.pieces():
+            if compressing is not None:
+                await _write_nonempty(response, await compressing)
+            compressing = asyncio.ensure_future(asyncio.to_thread(compressor.compress, piece))
+        if compressing is not None:
+            await _write_nonempty(response, await compressing)
         await response.write(compressor.flush())
     await response.write_eof()
     return response
+
+
+async def _write_nonempty(response: web.StreamResponse, data: bytes) -> None:
+    if data:  # zlib returns nothing until it has a block's worth
+        await response.write(data)
 
 
 async def healthz(_: web.Request) -> web.Response:
