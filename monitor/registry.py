@@ -194,7 +194,8 @@ class Family:
         """Drop every series whose labels include `match`."""
         keys: Iterable[str] = list(self.members)
         if "target" in match and self._target_at >= 0:
-            keys = [self.registry.key(match["target"])]
+            known = self.registry.known_key(match["target"])
+            keys = [] if known is None else [known]
         for key in keys:
             found = self.members.get(key)
             if found is None:
@@ -399,6 +400,10 @@ class Registry:
             key = self._keys[target] = f'target="{_escape_value(target)}"}} '
             self.target_of[key] = target
         return key
+
+    def known_key(self, target: str) -> str | None:
+        """`key(target)` if the target has one, without making it."""
+        return self._keys.get(target)
 
     def forget(self, target: str) -> None:
         """Drop the target's shared key once its series are gone (a later use makes a new one)."""

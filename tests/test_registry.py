@@ -65,6 +65,7 @@ def test_render_is_byte_identical_to_generate_latest() -> None:
         reference.register(registry)  # type: ignore[arg-type]
         assert ours == generate_latest(reference)
         assert b't-3"' not in ours
+        assert registry.known_key("t-3") is None  # a removed target leaves nothing behind
         assert b'probe="frame",target="t-4"' not in ours
 
 
