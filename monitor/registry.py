@@ -222,15 +222,6 @@ class Family:
             else:
                 yield found
 
-    def texts(self) -> list[str]:
-        """The text of every series, in output order; what `Registry.refresh` has not
-        rendered yet (a series created since) is rendered here."""
-        texts = []
-        for found in self.members.values():
-            for s in found if isinstance(found, list) else (found,):
-                texts.append(s.text or s.render())
-        return texts
-
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         for series in self.series():
             yield from series.samples()
@@ -446,16 +437,28 @@ class Registry:
                             s.render()
                 yield
 
-    def pieces(self, lines: int = 2048) -> Iterator[bytes]:
-        """The exposition text from the cached series texts, `lines` of them per piece."""
+    def pieces(self, size: int = 256 * 1024) -> Iterator[bytes]:
+        """The exposition text, in pieces of about `size` characters: a caller on the event
+        loop yields between pieces, so no piece holds the loop for long. A series that
+        `refresh` has not rendered (created since) is rendered here."""
         for family in self.families:
-            texts = family.texts()
-            if not texts:
+            members = list(family.members.values())  # may change while the caller waits
+            if not members:
                 yield family.header  # prometheus_client writes the header alone too
                 continue
-            for start in range(0, len(texts), lines):
-                part = "".join(texts[start : start + lines]).encode()
-                yield family.header + part if start == 0 else part
+            head = family.header
+            texts: list[str] = []
+            length = 0
+            for found in members:
+                for s in found if isinstance(found, list) else (found,):
+                    text = s.text or s.render()
+                    texts.append(text)
+                    length += len(text)
+                if length >= size:
+                    yield head + "".join(texts).encode()
+                    head, texts, length = b"", [], 0
+            if texts:
+                yield head + "".join(texts).encode()
 
     def render(self) -> bytes:
         """The whole exposition at once (stale series are re-rendered first)."""
