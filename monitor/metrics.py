@@ -227,11 +227,10 @@ class ByReason:
 
     def __getitem__(self, reason: str) -> Item:
         head = self.heads.get(reason)
-        group = self.group
         if head is not None:
-            for i, h in enumerate(group.heads):
-                if h is head:
-                    return Item(group, i)
+            i = self.group.index_of(head)
+            if i is not None:
+                return Item(self.group, i)
         return self.family.item(*self.values, reason)  # a reason not created up front
 
 

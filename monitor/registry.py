@@ -103,8 +103,7 @@ class Family:
         # other label values -> head (one copy shared by every target), and back
         self._heads: dict[tuple[str, ...], str] = {}
         self.extra_of: dict[str, tuple[str, ...]] = {}
-        self._head_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # Group.heads, shared
-        self._shared: dict[Hashable, Any] = {}
+        self._shared: dict[Hashable, Any] = {}  # see shared(): Group.heads, ByReason heads
         registry.families.append(self)
 
     def labels(self, *values: str) -> Series:
@@ -140,16 +139,14 @@ class Family:
         if group is None:
             group = self.members[key] = Group(self, key)
         assert isinstance(group, Group)
-        for i, h in enumerate(group.heads):
-            if h is head:
-                return Item(group, i)
-        group.heads = self._share((*group.heads, head))
+        i = group.index_of(head)
+        if i is not None:
+            return Item(group, i)
+        heads = (*group.heads, head)
+        group.heads = self.shared(heads, heads)
         group.values.append(0.0)
         group.text = ""
         return Item(group, len(group.heads) - 1)
-
-    def _share(self, heads: tuple[str, ...]) -> tuple[str, ...]:
-        return self._head_sets.setdefault(heads, heads)
 
     def shared(self, key: Hashable, value: T) -> T:
         """`value`, or the value first stored under `key`: one copy for every target."""
@@ -324,6 +321,13 @@ class Group:
         self.values = array("d")
         self.text = ""
 
+    def index_of(self, head: str) -> int | None:
+        """Where the value with this head is (heads are shared strings: found by identity)."""
+        for i, h in enumerate(self.heads):
+            if h is head:
+                return i
+        return None
+
     def render(self) -> str:
         key = self.key
         self.text = text = "".join(
@@ -347,7 +351,8 @@ class Group:
             for h, v in zip(self.heads, self.values, strict=True)
             if not all(family.labels_of(h, self.key).get(k) == w for k, w in match.items())
         ]
-        self.heads = family._share(tuple(h for h, _ in kept))
+        heads = tuple(h for h, _ in kept)
+        self.heads = family.shared(heads, heads)
         self.values = array("d", [v for _, v in kept])
         self.text = ""
         return not kept
