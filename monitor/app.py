@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from . import config as config_mod
+from .clock import clock
 from .config import Config, ConfigError, parse_listen
 from .exposition import build_app
 from .log import Logging
@@ -94,6 +95,7 @@ class Daemon:
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
         )
+        clock().alignment = self.config.send_alignment
         self.supervisor = Supervisor(
             self.http, self.metrics, self.log, self.rng, stop_timeout=self.stop_timeout
         )
@@ -176,6 +178,7 @@ class Daemon:
             self.metrics.web_reload_ok.set(1 if self.web.reload() else 0)
         self.logging.redactor.secrets |= new.secrets
         self.logging.level.level = self.log_level_override or new.log.level
+        clock().alignment = new.send_alignment  # for connections opened from now on
         changes = await self.supervisor.apply(new)
         if self._settle is not None and self._settle.done():
             # Let what the old targets held be collected, then freeze the new state.

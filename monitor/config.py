@@ -68,6 +68,25 @@ def parse_duration(value: Any) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+# The longest `send_alignment`: a coarser grid would bunch sends into a few instants.
+MAX_SEND_ALIGNMENT = 1.0
+
+
+def _alignment(value: Any) -> float:
+    """A duration from 0 (off) to MAX_SEND_ALIGNMENT."""
+    zero = (isinstance(value, int | float) and not isinstance(value, bool) and value == 0) or (
+        isinstance(value, str) and (m := _DURATION_RE.match(value)) and float(m.group(1)) == 0
+    )
+    if zero:
+        return 0.0
+    seconds = parse_duration(value)
+    if seconds > MAX_SEND_ALIGNMENT:
+        raise ValueError(
+            f"{value!r} is too long: at most 1s (0 turns alignment off); a coarser grid "
+            "would send most probes in a few bursts"
+        )
+    return seconds
+
 
 def _check_name(v: str) -> str:
     """Target and probe names become label values: keep them plain."""
@@ -288,6 +307,9 @@ class _RawConfig(_Strict):
     log: LogConfig = LogConfig()
     # Handshakes in flight at once, across all targets (protects against reconnect storms).
     max_concurrent_handshakes: int = Field(default=50, ge=1)
+    # Probe sends start on a grid of about this step (0: anywhere), so that one wake-up of
+    # the daemon sends several; see `Clock.phase`.
+    send_alignment: Annotated[float, BeforeValidator(_alignment)] = 0.0
     tcp: TCPConfig = TCPConfig()
     # Prometheus exporter-toolkit web config: TLS and basic auth for the HTTP endpoints.
     web_config_file: str | None = None
@@ -319,6 +341,7 @@ class Config:
     source: str = ""
     web_config_file: str | None = None
     public_healthz: bool = False
+    send_alignment: float = 0.0
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -624,6 +647,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         tcp=raw.tcp,
         web_config_file=raw.web_config_file,
         public_healthz=raw.public_healthz,
+        send_alignment=raw.send_alignment,
         targets=tuple(targets),
         secrets=frozenset(s for s in used_env | _target_secrets(targets) if len(s) >= 4),
         source=source,

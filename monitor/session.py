@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import functools
 import json
+import math
 import random
 import socket
 import ssl
@@ -263,13 +264,48 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
     raise ConnectFailed("auth", problem, time.perf_counter() - started)
 
 
+class ReadStamp:
+    """When bytes of one connection were last read from its socket (`time.perf_counter`).
+
+    A reply's round trip ends when its bytes are read, not when the receive loop's task
+    gets its turn: after a burst of readable sockets, or a slice of work such as a scrape,
+    the task may run a while later, and that wait is the monitor's, not the peer's.
+    aiohttp's protocol calls its data-received callback just before it parses what it
+    read; the stamp wraps that callback. A message is read no later than this stamp, and
+    the receive loop sees it no earlier, so the round trip it ends is never shortened.
+    """
+
+    __slots__ = ("at", "then")
+
+    def __init__(self, then: Callable[[], None] | None) -> None:
+        self.at = 0.0
+        self.then = then
+
+    def __call__(self) -> None:
+        self.at = time.perf_counter()
+        if self.then is not None:
+            self.then()
+
+    @classmethod
+    def install(cls, ws: ClientWebSocketResponse) -> ReadStamp | None:
+        """Wrap the connection's data-received callback; None where aiohttp has none (the
+        receive loop then takes the time itself)."""
+        conn = getattr(ws, "_conn", None)
+        proto = getattr(conn, "protocol", None)
+        if proto is None or not hasattr(proto, "_data_received_cb"):
+            return None
+        stamp = cls(proto._data_received_cb)
+        proto._data_received_cb = stamp
+        return stamp
+
+
 class Session:
     """An open connection: one receive loop, its probes (`ProbeRun`, on the loop's clock), and
     an honest account of how the connection ended."""
 
     __slots__ = (
-        "_closer", "_local", "consecutive_timeouts", "correlator", "log", "m", "pongs", "rng",
-        "target", "ws",
+        "_closer", "_local", "consecutive_timeouts", "correlator", "log", "m", "pongs", "reads",
+        "rng", "target", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -290,6 +326,7 @@ class Session:
         self.consecutive_timeouts = 0
         self._local: tuple[int, str] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self.reads = ReadStamp.install(ws)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -297,7 +334,9 @@ class Session:
         """Serve the connection until it ends; return how it ended."""
         clk = clock()
         runs = [
-            ProbeRun(self, p, clk, clk.time() + self.rng.uniform(0.0, p.interval))
+            ProbeRun(
+                self, p, clk, clk.phase(clk.time() + self.rng.uniform(0.0, p.interval), p.interval)
+            )
             for p in self.target.probes
         ]
         if not runs:
@@ -344,9 +383,11 @@ class Session:
     async def _receive_loop(self) -> Disconnect:
         ws = self.ws
         m = self.m
+        reads = self.reads
+        clock = time.perf_counter
         while True:
             msg = await ws.receive()
-            received = time.perf_counter()
+            received = reads.at if reads is not None else clock()
             kind = msg.type
             if kind is WSMsgType.TEXT:
                 m.messages_received.inc()
@@ -459,6 +500,14 @@ def safe_url(target: TargetConfig) -> str:
     return redact_url(target.url)
 
 
+def _rtt(pending: Pending, reply: Reply) -> float:
+    """From the send to the read of the reply. A message read before the request went out
+    (matched in order, without a correlation field) ends the round trip when the receive
+    loop sees it instead, as if no read stamp existed."""
+    rtt = reply.received_at - pending.sent_at
+    return rtt if rtt >= 0.0 else time.perf_counter() - pending.sent_at
+
+
 class ProbeRun:
     """One probe on one open connection: its sends, on the loop's clock, and what becomes of
     each request (a reply, an error or a timeout).
@@ -507,16 +556,17 @@ class ProbeRun:
 
     def fire(self) -> None:
         """Send now and schedule the next send; a loop that stalled past a whole interval
-        skips ahead rather than bursting. While an earlier send still waits for room in the
-        socket buffer (a peer that stopped reading), no new request is added behind it."""
+        skips ahead by whole intervals rather than bursting (the phase is kept). While an
+        earlier send still waits for room in the socket buffer (a peer that stopped
+        reading), no new request is added behind it."""
         clk = self.clock
         now = clk.time()
         due = self.due
         self.session.m.send_lag.observe(max(0.0, now - due))
         interval = self.probe.interval
         due += interval
-        if due < now:
-            due = now + interval
+        if due < now:  # whole intervals later, on the same phase, at least one from now
+            due += math.ceil((now - due) / interval + 1.0) * interval
         self.due = due
         self.timer = clk.call_at(due, self)
         if self.sending is None:
@@ -578,13 +628,12 @@ class ProbeRun:
     def _reply(self, pending: Pending, reply: Reply) -> None:
         if pending.timer is not None:
             self.clock.cancel(pending.timer)
-        rtt = reply.received_at - pending.sent_at
-        self.session._on_reply(self.probe, self.pm, pending.sent_wall, rtt, reply)
+        self.session._on_reply(self.probe, self.pm, pending.sent_wall, _rtt(pending, reply), reply)
 
     def _pong(self, pending: Pending, reply: Reply) -> None:
         if pending.timer is not None:
             self.clock.cancel(pending.timer)
-        self.session._answered(self.pm, reply.received_at - pending.sent_at)
+        self.session._answered(self.pm, _rtt(pending, reply))
 
     def _timed_out(self, pending: Pending) -> None:
         self.waiters.forget(pending)

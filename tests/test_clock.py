@@ -158,3 +158,28 @@ async def test_start_eagerly_task_cancellation_reaches_the_send() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert steps == ["cancelled"]
+
+
+async def test_phase_is_the_time_itself_without_alignment() -> None:
+    clk = Clock(asyncio.get_running_loop())
+    assert clk.phase(123.4567, 30.0) == 123.4567
+
+
+@pytest.mark.parametrize(("alignment", "interval", "step"), [
+    (0.030, 30.0, 0.030),     # divides the interval: the step itself
+    (0.030, 1.0, 1.0 / 34),   # does not: the largest divisor of the interval below it
+    (0.5, 0.2, 0.2),          # longer than the interval: one point per interval
+])  # fmt: skip
+async def test_phase_is_the_next_point_of_a_grid_dividing_the_interval(
+    alignment: float, interval: float, step: float
+) -> None:
+    """First sends land on the grid, never before the time asked for and less than a step
+    after it; every later send (whole intervals on) stays on the same grid."""
+    clk = Clock(asyncio.get_running_loop())
+    clk.alignment = alignment
+    for when in (1000.0, 1000.0001, 1234.56789, 98765.4321):
+        at = clk.phase(when, interval)
+        assert when <= at < when + step + 1e-9
+        for k in (0, 1, 7, 1000):
+            slots = (at + k * interval) / step
+            assert abs(slots - round(slots)) < 1e-6, (when, k, slots)

@@ -228,3 +228,15 @@ def test_unreadable_secret_files_are_one_problem_each(tmp_path: Path) -> None:
         "targets[0].headers.B: credential 'tok' needs $CREDENTIALS_DIRECTORY "
         "(set by systemd's LoadCredential=)",
     ]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (0, 0.0), ("0", 0.0), ("0ms", 0.0), ("30ms", 0.030), (0.25, 0.25), ("1s", 1.0),
+])  # fmt: skip
+def test_send_alignment_values(value: object, seconds: float) -> None:
+    doc = f"send_alignment: {value}\ntargets: [{{name: a, url: 'ws://127.0.0.1:9/ws'}}]\n"
+    assert config.loads(doc).send_alignment == seconds
+
+
+def test_send_alignment_defaults_to_off() -> None:
+    assert config.loads("targets: [{name: a, url: 'ws://127.0.0.1:9/ws'}]\n").send_alignment == 0

@@ -10,6 +10,9 @@ from typing import Any
 from conftest import StartDaemon, target
 from wsserver import WSTestServer
 
+from monitor import session as session_mod
+from monitor.probes import Pending, Reply
+
 PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
 
 
@@ -424,3 +427,73 @@ async def test_established_timestamp_while_connected(
     await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
     established = h.value("wsmon_connection_established_timestamp_seconds", target="t")
     assert before <= established <= time.time()
+
+
+class TestSendTiming:
+    async def test_rtt_ends_when_the_reply_is_read(
+        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+    ) -> None:
+        """Work that runs between the read of a reply and the receive loop's turn is not
+        the peer's: here every read of the daemon's connection is followed by 60 ms of
+        blocking work, yet the round trips read the server's 30 ms delay plus a little."""
+        server.reply_delay = 0.030
+        h = await start_daemon(
+            target("t", server.url, probes=[{**PING, "interval": "250ms", "timeout": "200ms"}])
+        )
+        await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
+        session = h.daemon.supervisor.runners["t"]._session
+        assert session.reads is not None  # aiohttp's protocol still has the callback it wraps
+        stamp = session_mod.ReadStamp.__call__
+
+        def read_then_block(self: session_mod.ReadStamp) -> None:
+            stamp(self)
+            time.sleep(0.060)
+
+        monkeypatch.setattr(session_mod.ReadStamp, "__call__", read_then_block)
+        before = h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping")
+        await h.wait_for(
+            lambda: h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping") >= before + 4
+        )
+        count = h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping")
+        # Every round trip: at least the server's delay, none with the 60 ms in it.
+        assert h.value("wsmon_probe_rtt_seconds_bucket", target="t", probe="ping", le="0.025") == 0
+        assert (
+            h.value("wsmon_probe_rtt_seconds_bucket", target="t", probe="ping", le="0.075") == count
+        )
+
+    def test_a_reply_read_before_the_send_is_timed_to_the_receive_loop(self) -> None:
+        """In-order matching can pair a request with a message read before it was sent;
+        that round trip is never negative: it ends when the receive loop sees the message."""
+        pending = Pending(None, lambda p, r: None)
+        pending.sent_at = time.perf_counter()
+        rtt = session_mod._rtt(pending, Reply(pending.sent_at - 1.0, {"msg_type": "ping"}))
+        assert 0.0 <= rtt < 1.0
+
+    async def test_aligned_sends_leave_together_and_keep_their_interval(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """With `send_alignment: 100ms`, the requests of 12 targets reach the server on a
+        100 ms grid of the loop's clock (daemon and server share it here), each target still
+        sends once per interval, and every send is counted as the server saw it."""
+        arrivals: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        def note(_: dict[str, Any]) -> None:
+            arrivals.append(loop.time())
+
+        server.responder = note
+        probes = [{**PING, "interval": "400ms", "timeout": "300ms"}]
+        targets = [target(f"t{i}", server.url, probes=probes) for i in range(12)]
+        h = await start_daemon(*targets, send_alignment="100ms")
+        await server.wait_for(lambda: len(arrivals) >= 48, timeout=10)
+        started = loop.time()
+        await asyncio.sleep(1.2)  # three intervals
+        window = [t for t in arrivals if t >= started]
+        await h.daemon.stop()
+        late = [round((t % 0.1) * 1e3, 1) for t in window if t % 0.1 > 0.030]
+        assert len(late) <= len(window) // 10, late  # random phases: about 70 % would be
+        # Three intervals: three sends per target, give or take the window's edges.
+        assert 12 * 2 <= len(window) <= 12 * 4
+        sent = sum(h.value("wsmon_probes_sent_total", target=f"t{i}", probe="ping")
+                   for i in range(12))  # fmt: skip
+        assert sent == server.request_count("ping")
