@@ -51,6 +51,7 @@ from .common import (
     rss_kb,
     rss_kb_after_gc,
     summary,
+    wakeups,
 )
 
 CONNECT_CONCURRENCY = 50  # the baselines open connections like wsmon: 50 handshakes at once
@@ -419,11 +420,14 @@ def _inject_orjson() -> None:
     monitor.probes.json = _OrjsonAsJson  # type: ignore[assignment]
 
 
-def wsmon_config_doc(url: str, targets: int, interval: float) -> dict[str, Any]:
+def wsmon_config_doc(
+    url: str, targets: int, interval: float, send_alignment: str = "0"
+) -> dict[str, Any]:
     """The daemon's config: `targets` targets, each with one `ping` message probe."""
     ms = interval * 1000
     return {
         "listen": "127.0.0.1:0",
+        "send_alignment": send_alignment,
         "defaults": {
             "probes": [
                 {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"},
@@ -458,7 +462,9 @@ class WsmonClient:
         else:  # see main(): the stock run blocks orjson and uvloop
             self.json_impl = "json (orjson blocked)" if self.args.loop == "asyncio" else "json"
         t0 = time.perf_counter()
-        doc = wsmon_config_doc(self.args.url, self.args.targets, self.args.interval)
+        doc = wsmon_config_doc(
+            self.args.url, self.args.targets, self.args.interval, self.args.send_alignment
+        )
         cfg = config_mod.loads(json.dumps(doc), source="<bench>")
         if self.args.targets == 0:  # the empty daemon (a config needs at least one target)
             cfg = dataclasses.replace(cfg, targets=())
@@ -485,6 +491,7 @@ class WsmonClient:
             "log_lines": self.sink.lines,
             "config_s": self.config_s,
             "json_impl": self.json_impl,
+            "send_alignment": self.args.send_alignment,
             "monitor_path": str(Path(sys.modules["monitor"].__file__ or "").parent),
         }
 
@@ -564,6 +571,7 @@ async def run_child(args: argparse.Namespace) -> None:
     await asyncio.sleep(args.warmup)
     profiler = cProfile.Profile() if args.cprofile else None
     cpu0 = cpu_seconds()
+    sleeps0 = wakeups()
     wall0 = time.perf_counter()
     rec.window_start = time.monotonic()
     gcw.reset()
@@ -578,6 +586,7 @@ async def run_child(args: argparse.Namespace) -> None:
     gc_window = gcw.figures()
     gc_events = gcw.events_since(rec.window_start)
     cpu1 = cpu_seconds()
+    sleeps = wakeups() - sleeps0
     wall1 = time.perf_counter()
     rss = rss_kb_after_gc()
     cpu = cpu1 - cpu0
@@ -599,6 +608,8 @@ async def run_child(args: argparse.Namespace) -> None:
         "round_trips": round_trips,
         "round_trips_per_s": round_trips / wall if wall > 0 else 0.0,
         "cpu_us_per_round_trip": 1e6 * cpu / round_trips if round_trips else None,
+        "wakeups": sleeps,
+        "wakeups_per_round_trip": sleeps / round_trips if round_trips else None,
         "rtt_ms": summary(rec.rtts, 1e3),
         "rtt_excess_ms": summary([r - delay for r in rec.rtts], 1e3),
         "server_delay_ms": args.delay_ms,
@@ -642,6 +653,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--orjson", action="store_true", help="wsmon: orjson in monitor.probes")
     p.add_argument("--send-lag", action="store_true", help="wsmon: record probe send lag")
+    p.add_argument("--send-alignment", default="0", help="wsmon: the config's send_alignment")
     p.add_argument("--connect-timeout", type=float, default=120.0)
     p.add_argument("--commands", action="store_true", help="obey stdin commands at the end")
     p.add_argument("--cprofile", default="", help="write a cProfile of the window here")

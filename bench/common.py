@@ -61,6 +61,12 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def wakeups() -> int:
+    """Voluntary context switches of this process so far: how often it went to sleep (on
+    the event loop, mostly: one per wake-up from an idle wait)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 def _status_kb(field: str) -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
