@@ -497,3 +497,30 @@ class TestSendTiming:
         sent = sum(h.value("wsmon_probes_sent_total", target=f"t{i}", probe="ping")
                    for i in range(12))  # fmt: skip
         assert sent == server.request_count("ping")
+
+    async def test_a_stalled_loop_skips_sends_and_keeps_the_phase(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """After the event loop was blocked for three intervals, each target sends once
+        (late), not three times, and its later sends are back on the 100 ms grid."""
+        arrivals: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        def note(_: dict[str, Any]) -> None:
+            arrivals.append(loop.time())
+
+        server.responder = note
+        probes = [{**PING, "interval": "200ms", "timeout": "150ms"}]
+        targets = [target(f"t{i}", server.url, probes=probes) for i in range(4)]
+        h = await start_daemon(*targets, send_alignment="100ms")
+        await server.wait_for(lambda: len(arrivals) >= 8, timeout=10)
+        time.sleep(0.65)  # noqa: ASYNC251 - the stall is the point: daemon and server alike
+        stalled_until = loop.time()
+        await asyncio.sleep(0.7)
+        await h.daemon.stop()
+        right_after = [t for t in arrivals if stalled_until <= t < stalled_until + 0.05]
+        later = [t for t in arrivals if t >= stalled_until + 0.1]
+        assert len(right_after) <= 4  # one late send per target, no catching up
+        off_grid = [round((t % 0.1) * 1e3, 1) for t in later if t % 0.1 > 0.030]
+        assert later
+        assert len(off_grid) <= len(later) // 10, off_grid
