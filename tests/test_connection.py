@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from conftest import StartDaemon, target
+from conftest import Harness, StartDaemon, target
 from wsserver import WSTestServer
 
 from monitor import session as session_mod
@@ -429,6 +429,28 @@ async def test_established_timestamp_while_connected(
     assert before <= established <= time.time()
 
 
+async def aligned_daemon(
+    server: WSTestServer, start_daemon: StartDaemon, targets: int, interval: str
+) -> tuple[Harness, list[float]]:
+    """A daemon with `send_alignment: 100ms` and `targets` ping probes every `interval`, and
+    the loop times at which the server received their requests (it shares the loop)."""
+    arrivals: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def note(_: dict[str, Any]) -> None:
+        arrivals.append(loop.time())
+
+    server.responder = note
+    probes = [{**PING, "interval": interval, "timeout": "150ms"}]
+    entries = [target(f"t{i}", server.url, probes=probes) for i in range(targets)]
+    return await start_daemon(*entries, send_alignment="100ms"), arrivals
+
+
+def off_grid(times: list[float]) -> list[float]:
+    """Milliseconds past the 100 ms grid of the times more than 30 ms past it."""
+    return [round((t % 0.1) * 1e3, 1) for t in times if t % 0.1 > 0.030]
+
+
 class TestSendTiming:
     async def test_rtt_ends_when_the_reply_is_read(
         self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
@@ -475,22 +497,13 @@ class TestSendTiming:
         """With `send_alignment: 100ms`, the requests of 12 targets reach the server on a
         100 ms grid of the loop's clock (daemon and server share it here), each target still
         sends once per interval, and every send is counted as the server saw it."""
-        arrivals: list[float] = []
-        loop = asyncio.get_running_loop()
-
-        def note(_: dict[str, Any]) -> None:
-            arrivals.append(loop.time())
-
-        server.responder = note
-        probes = [{**PING, "interval": "400ms", "timeout": "300ms"}]
-        targets = [target(f"t{i}", server.url, probes=probes) for i in range(12)]
-        h = await start_daemon(*targets, send_alignment="100ms")
+        h, arrivals = await aligned_daemon(server, start_daemon, 12, "400ms")
         await server.wait_for(lambda: len(arrivals) >= 48, timeout=10)
-        started = loop.time()
+        started = asyncio.get_running_loop().time()
         await asyncio.sleep(1.2)  # three intervals
         window = [t for t in arrivals if t >= started]
         await h.daemon.stop()
-        late = [round((t % 0.1) * 1e3, 1) for t in window if t % 0.1 > 0.030]
+        late = off_grid(window)
         assert len(late) <= len(window) // 10, late  # random phases: about 70 % would be
         # Three intervals: three sends per target, give or take the window's edges.
         assert 12 * 2 <= len(window) <= 12 * 4
@@ -503,24 +516,15 @@ class TestSendTiming:
     ) -> None:
         """After the event loop was blocked for three intervals, each target sends once
         (late), not three times, and its later sends are back on the 100 ms grid."""
-        arrivals: list[float] = []
-        loop = asyncio.get_running_loop()
-
-        def note(_: dict[str, Any]) -> None:
-            arrivals.append(loop.time())
-
-        server.responder = note
-        probes = [{**PING, "interval": "200ms", "timeout": "150ms"}]
-        targets = [target(f"t{i}", server.url, probes=probes) for i in range(4)]
-        h = await start_daemon(*targets, send_alignment="100ms")
+        h, arrivals = await aligned_daemon(server, start_daemon, 4, "200ms")
         await server.wait_for(lambda: len(arrivals) >= 8, timeout=10)
         time.sleep(0.65)  # noqa: ASYNC251 - the stall is the point: daemon and server alike
-        stalled_until = loop.time()
+        stalled_until = asyncio.get_running_loop().time()
         await asyncio.sleep(0.7)
         await h.daemon.stop()
         right_after = [t for t in arrivals if stalled_until <= t < stalled_until + 0.05]
         later = [t for t in arrivals if t >= stalled_until + 0.1]
         assert len(right_after) <= 4  # one late send per target, no catching up
-        off_grid = [round((t % 0.1) * 1e3, 1) for t in later if t % 0.1 > 0.030]
         assert later
-        assert len(off_grid) <= len(later) // 10, off_grid
+        late = off_grid(later)
+        assert len(late) <= len(later) // 10, late
