@@ -13,11 +13,12 @@ young collection then walks at most a quarter of a second's new objects. Frozen 
 still freed by reference counting as usual; what the freeze hides is cyclic garbage that
 forms after it (aiohttp leaves some when a connection ends). To bound that, a full
 collection (unfreeze, collect, freeze) runs once the daemon has settled (every target had
-its first attempt, at start and after each reload) and again whenever the interpreter's
-allocated memory blocks have grown by a quarter since the last full collection, looked at
-every 10 seconds (`sys.getallocatedblocks()` costs well under a millisecond, while counting
-the frozen objects walks all of them). A daemon whose connections stay up rarely reaches
-that; one that churns through connections pays a full collection now and then.
+its first attempt, a second ago, at start and after each reload) and again whenever the
+interpreter's allocated memory blocks have grown by a quarter since the last full
+collection, looked at every 10 seconds (`sys.getallocatedblocks()` costs well under a
+millisecond, while counting the frozen objects walks all of them). A daemon whose
+connections stay up rarely reaches that; one that churns through connections pays a full
+collection now and then.
 
 Smaller daemons keep CPython's own schedule, where their young collections stay short, and
 freeze only once, when settled, after a full collection. There the growth rule would cost
@@ -37,6 +38,9 @@ from structlog.typing import FilteringBoundLogger
 FREEZE_FROM = 1000
 # Seconds between freezes: a young collection walks at most this long's new objects.
 FREEZE_EVERY = 0.25
+# Seconds the targets must have been settled before the full collection: the first
+# connections finish their set-up (and a retry is not held up by the pause).
+SETTLE_FOR = 1.0
 # Every this many ticks, the allocated blocks are compared with the baseline.
 CHECK_EVERY = 40
 # Growth of allocated memory blocks (since the last full collection) that triggers one.
@@ -52,6 +56,7 @@ class Collector:
         self.baseline: int | None = None
         self.full_collections = 0
         self._ticks = 0
+        self._settled_ticks = 0
 
     def tick(self, settled: bool, targets: int) -> None:
         """Freeze what exists (with FREEZE_FROM targets or more); collect in full once
@@ -61,9 +66,12 @@ class Collector:
         if periodic:
             gc.freeze()
         if not settled:
+            self._settled_ticks = 0
             return
         if self.baseline is None:
-            self.full("settled")
+            self._settled_ticks += 1
+            if self._settled_ticks * FREEZE_EVERY >= SETTLE_FOR:
+                self.full("settled")
             return
         if not periodic:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 from collections.abc import Iterator
 
@@ -10,7 +11,7 @@ import pytest
 import structlog
 
 from monitor import collector as collector_mod
-from monitor.collector import FREEZE_FROM, Collector
+from monitor.collector import FREEZE_EVERY, FREEZE_FROM, SETTLE_FOR, Collector
 
 
 class Node:
@@ -30,6 +31,17 @@ def cycles(n: int) -> tuple[list[Node], weakref.ref[Node]]:
     return nodes, weakref.ref(nodes[0])
 
 
+def settle(c: Collector, targets: int) -> None:
+    """Ticks of settled targets: the full collection comes once they have been for
+    SETTLE_FOR seconds, not before."""
+    ticks = math.ceil(SETTLE_FOR / FREEZE_EVERY)
+    for _ in range(ticks - 1):
+        c.tick(settled=True, targets=targets)
+    assert c.full_collections == 0
+    c.tick(settled=True, targets=targets)
+    assert c.full_collections == 1
+
+
 @pytest.fixture
 def clean_gc() -> Iterator[None]:
     gc.collect()
@@ -46,8 +58,7 @@ def test_a_large_daemon_freezes_young_objects_and_collects_frozen_cycles_once_gr
     c.tick(settled=False, targets=FREEZE_FROM)  # still starting: freeze, no full collection
     assert c.full_collections == 0
     assert gc.get_count()[0] < 100  # what existed went to the permanent generation
-    c.tick(settled=True, targets=FREEZE_FROM)
-    assert c.full_collections == 1  # settled: one full collection
+    settle(c, FREEZE_FROM)
     # Cycles frozen while alive and dropped afterwards: only a full collection finds them.
     nodes, first = cycles(200_000)
     c.tick(settled=True, targets=FREEZE_FROM)  # first tick after the full one: freeze only
@@ -65,8 +76,7 @@ def test_a_small_daemon_keeps_the_default_schedule(clean_gc: None) -> None:
     c = Collector(structlog.get_logger())
     c.tick(settled=False, targets=FREEZE_FROM - 1)
     assert gc.get_freeze_count() == 0
-    c.tick(settled=True, targets=FREEZE_FROM - 1)  # settled: full collection, then freeze
-    assert c.full_collections == 1
+    settle(c, FREEZE_FROM - 1)  # a full collection, then a freeze
     nodes, first = cycles(1000)
     del nodes
     c.tick(settled=True, targets=FREEZE_FROM - 1)
