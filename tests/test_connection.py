@@ -433,7 +433,9 @@ async def aligned_daemon(
     server: WSTestServer, start_daemon: StartDaemon, targets: int, interval: str
 ) -> tuple[Harness, list[float]]:
     """A daemon with `send_alignment: 100ms` and `targets` ping probes every `interval`, and
-    the loop times at which the server received their requests (it shares the loop)."""
+    the loop times at which the server received their requests (it shares the loop).
+    Returned once the daemon's full collection after settling is over: in a large test
+    process its pause (tens of ms) would delay sends and move them off the grid."""
     arrivals: list[float] = []
     loop = asyncio.get_running_loop()
 
@@ -443,7 +445,9 @@ async def aligned_daemon(
     server.responder = note
     probes = [{**PING, "interval": interval, "timeout": "150ms"}]
     entries = [target(f"t{i}", server.url, probes=probes) for i in range(targets)]
-    return await start_daemon(*entries, send_alignment="100ms"), arrivals
+    h = await start_daemon(*entries, send_alignment="100ms")
+    await h.wait_for(lambda: h.daemon.collector.full_collections >= 1, timeout=10)
+    return h, arrivals
 
 
 def off_grid(times: list[float]) -> list[float]:
@@ -524,7 +528,9 @@ class TestSendTiming:
         await h.daemon.stop()
         right_after = [t for t in arrivals if stalled_until <= t < stalled_until + 0.05]
         later = [t for t in arrivals if t >= stalled_until + 0.1]
-        assert len(right_after) <= 4  # one late send per target, no catching up
+        # One late send per target, plus what the server had not yet handled when the loop
+        # stopped: at most 8. Catching up would be three sends per target (0.65 s / 0.2 s).
+        assert len(right_after) <= 8
         assert later
         late = off_grid(later)
         assert len(late) <= len(later) // 10, late
