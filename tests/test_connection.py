@@ -522,7 +522,10 @@ class TestSendTiming:
         (late), not three times, and its later sends are back on the 100 ms grid."""
         h, arrivals = await aligned_daemon(server, start_daemon, 4, "200ms")
         await server.wait_for(lambda: len(arrivals) >= 8, timeout=10)
-        time.sleep(0.65)  # noqa: ASYNC251 - the stall is the point: daemon and server alike
+        # Stall the loop (daemon and server alike) for at least 0.65 s, ending half way
+        # between grid points, where a send scheduled from the stall's end would fall.
+        end = asyncio.get_running_loop().time() + 0.65
+        time.sleep(0.65 + (0.05 - end % 0.1) % 0.1)  # noqa: ASYNC251 - the stall is the point
         stalled_until = asyncio.get_running_loop().time()
         await asyncio.sleep(0.7)
         await h.daemon.stop()
