@@ -386,6 +386,11 @@ class Session:
         reads = self.reads
         clock = time.perf_counter
         while True:
+            if self._local is not None:
+                # Closing from our side (the closer task sends our code): another receive()
+                # would find aiohttp closing and make it send its own close, code 1000,
+                # first. That happens when a message was read just before our close.
+                return Disconnect(self._local[0], "local", self._local[1])
             msg = await ws.receive()
             received = reads.at if reads is not None else clock()
             kind = msg.type

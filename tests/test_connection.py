@@ -537,3 +537,24 @@ class TestSendTiming:
         assert later
         late = off_grid(later)
         assert len(late) <= len(later) // 10, late
+
+
+async def test_a_close_right_after_a_read_sends_our_code(
+    server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+) -> None:
+    """A message read in the same turn as our close must not make aiohttp send its own
+    close (code 1000) ahead of ours: the server sees the code we closed with."""
+    server.stream_rate = 20.0  # an unsolicited message every 50 ms
+    probes = [{**PING, "interval": "10s", "timeout": "5s"}]
+    h = await start_daemon(target("t", server.url, probes=probes))
+    await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
+    session = h.daemon.supervisor.runners["t"]._session
+    stamp = session_mod.ReadStamp.__call__
+
+    def read_then_close(self: session_mod.ReadStamp) -> None:
+        stamp(self)  # the message is queued for the receive loop right after this
+        session.close(1001, "going away")
+
+    monkeypatch.setattr(session_mod.ReadStamp, "__call__", read_then_close)
+    await server.wait_for(lambda: len(server.close_frames) >= 1, timeout=5)
+    assert server.close_frames[0] == 1001
