@@ -48,8 +48,9 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
-def parse_duration(value: Any) -> float:
-    """Turn `250ms`, `5s`, `2m`, `1h` or a bare number of seconds into seconds."""
+def parse_duration(value: Any, allow_zero: bool = False) -> float:
+    """Turn `250ms`, `5s`, `2m`, `1h` or a bare number of seconds into seconds (greater
+    than zero, or with `allow_zero` zero or more)."""
     if isinstance(value, bool):
         raise ValueError("invalid duration: expected e.g. 250ms, 5s, 2m, 1h")
     if isinstance(value, int | float):
@@ -61,8 +62,9 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise ValueError(f"invalid duration {value!r}: expected e.g. 250ms, 5s, 2m, 1h")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"invalid duration {value!r}: must be greater than zero")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        least = "zero or more" if allow_zero else "greater than zero"
+        raise ValueError(f"invalid duration {value!r}: must be {least}")
     return seconds
 
 
@@ -74,12 +76,7 @@ MAX_SEND_ALIGNMENT = 1.0
 
 def _alignment(value: Any) -> float:
     """A duration from 0 (off) to MAX_SEND_ALIGNMENT."""
-    zero = (isinstance(value, int | float) and not isinstance(value, bool) and value == 0) or (
-        isinstance(value, str) and (m := _DURATION_RE.match(value)) and float(m.group(1)) == 0
-    )
-    if zero:
-        return 0.0
-    seconds = parse_duration(value)
+    seconds = parse_duration(value, allow_zero=True)
     if seconds > MAX_SEND_ALIGNMENT:
         raise ValueError(
             f"{value!r} is too long: at most 1s (0 turns alignment off); a coarser grid "
