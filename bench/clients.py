@@ -45,6 +45,7 @@ from typing import Any
 from .common import (
     DiscardingStream,
     cpu_seconds,
+    cpu_split,
     emit,
     peak_rss_kb,
     raise_nofile,
@@ -571,6 +572,7 @@ async def run_child(args: argparse.Namespace) -> None:
     await asyncio.sleep(args.warmup)
     profiler = cProfile.Profile() if args.cprofile else None
     cpu0 = cpu_seconds()
+    split0 = cpu_split()
     sleeps0 = wakeups()
     wall0 = time.perf_counter()
     rec.window_start = time.monotonic()
@@ -586,6 +588,7 @@ async def run_child(args: argparse.Namespace) -> None:
     gc_window = gcw.figures()
     gc_events = gcw.events_since(rec.window_start)
     cpu1 = cpu_seconds()
+    split1 = cpu_split()
     sleeps = wakeups() - sleeps0
     wall1 = time.perf_counter()
     rss = rss_kb_after_gc()
@@ -608,6 +611,12 @@ async def run_child(args: argparse.Namespace) -> None:
         "round_trips": round_trips,
         "round_trips_per_s": round_trips / wall if wall > 0 else 0.0,
         "cpu_us_per_round_trip": 1e6 * cpu / round_trips if round_trips else None,
+        "user_us_per_round_trip": (
+            1e6 * (split1[0] - split0[0]) / round_trips if round_trips else None
+        ),
+        "system_us_per_round_trip": (
+            1e6 * (split1[1] - split0[1]) / round_trips if round_trips else None
+        ),
         "wakeups": sleeps,
         "wakeups_per_round_trip": sleeps / round_trips if round_trips else None,
         "rtt_ms": summary(rec.rtts, 1e3),

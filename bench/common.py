@@ -61,6 +61,12 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def cpu_split() -> tuple[float, float]:
+    """(user, system) CPU time of this process (every thread) so far, in seconds."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime
+
+
 def wakeups() -> int:
     """Voluntary context switches of this process so far: how often it went to sleep (on
     the event loop, mostly: one per wake-up from an idle wait)."""

@@ -75,8 +75,10 @@ class Sizes:
     warmup: float
     w1_targets: int
     w1_interval: float
+    w1_warmup: float
     w1_window: float
-    w1_rounds: int  # the four clients run in turn, this many times
+    w1_rounds: int  # the clients run in turn, this many times
+    w1_send_alignment: str  # the aligned comparison client's `send_alignment`
     w2_targets: int
     w2_interval: float
     w2_window: float
@@ -98,8 +100,10 @@ FULL = Sizes(
     warmup=5.0,
     w1_targets=1000,
     w1_interval=1.0,
-    w1_window=15.0,
+    w1_warmup=3.0,
+    w1_window=10.0,
     w1_rounds=3,
+    w1_send_alignment="10ms",
     w2_targets=10_000,
     w2_interval=30.0,
     w2_window=120.0,
@@ -107,7 +111,7 @@ FULL = Sizes(
     w3_small=1000,
     w3_scrapes=3,
     w3_drops=(3, 2),
-    baseline_repeat=(3, 2),
+    baseline_repeat=(3, 1),
     w4_targets=1000,
     w4_interval=1.0,
     w4_window=15.0,
@@ -120,8 +124,10 @@ QUICK = Sizes(
     warmup=0.5,
     w1_targets=20,
     w1_interval=0.2,
+    w1_warmup=0.5,
     w1_window=2.0,
     w1_rounds=1,
+    w1_send_alignment="50ms",
     w2_targets=50,
     w2_interval=0.5,
     w2_window=2.0,
@@ -534,7 +540,17 @@ def _cpu_us(r: dict[str, Any]) -> float:
     return float(v) if v else math.nan
 
 
-W1_CLIENTS = ("floor", "websockets", "wsmon_asyncio", "wsmon_uvloop_orjson")
+# Judged: the floor, wsmon stock, wsmon with the speed-ups. For comparison: the
+# websockets-library client, the floor on uvloop (what the speed-up gives a minimal loop)
+# and wsmon with the speed-ups plus `send_alignment` (fewer wake-ups, see docs).
+W1_CLIENTS = (
+    "floor",
+    "floor_uvloop",
+    "websockets",
+    "wsmon_asyncio",
+    "wsmon_uvloop_orjson",
+    "wsmon_uvloop_aligned",
+)
 
 
 def pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -550,8 +566,8 @@ def pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def workload1(run: Run) -> None:
-    """The four clients in turn, `w1_rounds` times: the machine's drift (other people's
-    work) then affects every client alike, and each round gives its own ratios."""
+    """The clients in turn, `w1_rounds` times: the machine's drift (other people's work)
+    then affects every client alike, and each round gives its own ratios."""
     s = run.sizes
     say(
         f"workload 1: {s.w1_targets} targets, {s.w1_interval:g}s interval, "
@@ -560,12 +576,19 @@ async def workload1(run: Run) -> None:
     w3 = 3 in run.only
     rounds: list[dict[str, dict[str, Any]]] = []
     async with nodeserver.NodeServer() as node:
-        common = (s.w1_targets, s.w1_interval, s.warmup, s.w1_window)
+        common = (s.w1_targets, s.w1_interval, s.w1_warmup, s.w1_window)
         for i in range(s.w1_rounds):
             last = i == s.w1_rounds - 1
             got: dict[str, dict[str, Any]] = {}
             got["floor"], _ = await measure_client(
                 run, f"w1-floor-{i}", client_argv("floor", node.url, *common), node, s.w1_window
+            )
+            got["floor_uvloop"], _ = await measure_client(
+                run,
+                f"w1-floor-uvloop-{i}",
+                client_argv("floor", node.url, *common, "--loop", "uvloop"),
+                node,
+                s.w1_window,
             )
             got["websockets"], _ = await measure_client(
                 run,
@@ -596,6 +619,22 @@ async def workload1(run: Run) -> None:
                 f"w1-wsmon-uvloop-orjson-{i}",
                 # orjson is optional: the daemon itself left it out, so it may not be installed
                 client_argv("wsmon", node.url, *common, "--loop", "uvloop", *_orjson_flag()),
+                node,
+                s.w1_window,
+            )
+            got["wsmon_uvloop_aligned"], _ = await measure_client(
+                run,
+                f"w1-wsmon-uvloop-aligned-{i}",
+                client_argv(
+                    "wsmon",
+                    node.url,
+                    *common,
+                    "--loop",
+                    "uvloop",
+                    *_orjson_flag(),
+                    "--send-alignment",
+                    s.w1_send_alignment,
+                ),
                 node,
                 s.w1_window,
             )
@@ -795,6 +834,15 @@ def judge(results: dict[str, Any]) -> list[Row]:
                 None,
             )
         )
+        rows.append(
+            Row(
+                1,
+                "floor on uvloop, CPU per round trip",
+                f"{_f(_cpu_us(w1['floor_uvloop']))} us; {_ratio_text(w1, 'floor_uvloop')}",
+                "(comparison)",
+                None,
+            )
+        )
         for key, label, goal in (
             ("asyncio", "wsmon (asyncio) CPU per round trip", 1.0),
             ("uvloop_orjson", "", 0.7),
@@ -809,6 +857,18 @@ def judge(results: dict[str, Any]) -> list[Row]:
                     r <= goal,
                 )
             )
+        aligned = w1["wsmon_uvloop_aligned"]
+        rows.append(
+            Row(
+                1,
+                f"wsmon ({_speedups(aligned)}) with "
+                f"`send_alignment: {aligned.get('send_alignment', '?')}`, CPU per round trip",
+                f"{_f(_cpu_us(aligned))} us; {_ratio_text(w1, 'wsmon_uvloop_aligned')}; "
+                f"RTT mean {_f(aligned['rtt_ms'].get('mean'), '.3f')} ms",
+                "(comparison)",
+                None,
+            )
+        )
     w2 = results.get("w2")
     if w2:
         d = w2["wsmon"]
@@ -1126,7 +1186,7 @@ def _details(res: dict[str, Any]) -> list[str]:
         out += [
             "### 1. CPU per probe round trip",
             "",
-            f"{f['targets']} targets, {f['interval_s']:g} s interval; the four clients run "
+            f"{f['targets']} targets, {f['interval_s']:g} s interval; the clients run "
             f"in turn, {f.get('rounds', 1)} times (rounds), each in its own process with a "
             f"window of {f['window_s'] / f.get('rounds', 1):.1f} s after every connection was "
             "up and a warm-up. CPU is the child's getrusage (user + system, all threads) over "
@@ -1138,14 +1198,24 @@ def _details(res: dict[str, Any]) -> list[str]:
             "",
             head,
             _rtt_line("floor (aiohttp loop)", f),
+            _rtt_line("floor (aiohttp loop)", w1["floor_uvloop"]),
             _rtt_line("websockets library", w1["websockets"]),
             _rtt_line("wsmon", w1["wsmon_asyncio"]),
             _rtt_line("wsmon", w1["wsmon_uvloop_orjson"]),
+            _rtt_line(
+                f"wsmon, `send_alignment: {w1['wsmon_uvloop_aligned'].get('send_alignment')}`",
+                w1["wsmon_uvloop_aligned"],
+            ),
             "",
             f"Ratios to the floor: wsmon asyncio {_ratio_text(w1, 'wsmon_asyncio')}, "
             f"wsmon {_speedups(w1['wsmon_uvloop_orjson'])} "
             f"{_ratio_text(w1, 'wsmon_uvloop_orjson')}, websockets "
-            f"library {_ratio_text(w1, 'websockets')}. Stock wsmon runs with uvloop and "
+            f"library {_ratio_text(w1, 'websockets')}, floor on uvloop "
+            f"{_ratio_text(w1, 'floor_uvloop')}, wsmon {_speedups(w1['wsmon_uvloop_aligned'])} "
+            f"with `send_alignment` {_ratio_text(w1, 'wsmon_uvloop_aligned')}. The last is "
+            "not the goal's configuration: its sends go on a grid (the interval kept, the "
+            "phase moved by less than the step), so one wake-up sends several probes, at a "
+            "cost in RTT precision (see docs/performance.md). Stock wsmon runs with uvloop and "
             "orjson made unimportable in its process (the daemon would pick them up by itself "
             f"when installed); JSON there: {w1['wsmon_asyncio'].get('json_impl', 'n/a')}. "
             f"With the speed-ups, JSON: {w1['wsmon_uvloop_orjson'].get('json_impl', 'n/a')}; "

@@ -65,14 +65,31 @@ def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     res = report["results"]
 
     w1 = res["w1"]
-    for key in ("floor", "websockets", "wsmon_asyncio", "wsmon_uvloop_orjson"):
+    for key in (
+        "floor",
+        "floor_uvloop",
+        "websockets",
+        "wsmon_asyncio",
+        "wsmon_uvloop_orjson",
+        "wsmon_uvloop_aligned",
+    ):
         _client(w1[key], f"w1.{key}")
-    assert w1["wsmon_uvloop_orjson"]["loop"] == "uvloop.Loop"
+    for key in ("floor_uvloop", "wsmon_uvloop_orjson", "wsmon_uvloop_aligned"):
+        assert w1[key]["loop"] == "uvloop.Loop", key
+    assert w1["floor"]["loop"].startswith("asyncio")
+    assert w1["wsmon_uvloop_orjson"]["send_alignment"] == "0"
+    assert w1["wsmon_uvloop_aligned"]["send_alignment"] == "50ms"
     # orjson is optional (used when installed); the stock run never uses it
     assert w1["wsmon_uvloop_orjson"]["orjson"] is (importlib.util.find_spec("orjson") is not None)
     assert w1["wsmon_asyncio"]["loop"].startswith("asyncio")
     assert w1["wsmon_asyncio"]["orjson"] is False
-    for key in ("ratio_wsmon_asyncio", "ratio_wsmon_uvloop_orjson", "ratio_websockets"):
+    for key in (
+        "ratio_wsmon_asyncio",
+        "ratio_wsmon_uvloop_orjson",
+        "ratio_wsmon_uvloop_aligned",
+        "ratio_websockets",
+        "ratio_floor_uvloop",
+    ):
         _positive(w1[key], f"w1.{key}")
 
     w2 = res["w2"]
