@@ -6,10 +6,12 @@ Run from the repository root::
 
 Workloads (full size; ``--quick`` shrinks every one to a smoke test of a few seconds):
 
-1. daemon CPU per probe round trip: 1,000 targets, 1 s interval, three rounds of 15 s
-   windows; wsmon (stock asyncio; uvloop + orjson) against the floor (a minimal aiohttp
-   loop) and a ``websockets``-library client, each in its own process, on the same node
-   server, in turn in every round (judged on the median of the rounds' ratios);
+1. daemon CPU per probe round trip: 1,000 targets, 1 s interval, three rounds of 10 s
+   windows; wsmon (stock asyncio; uvloop + orjson when installed) against the floor (a
+   minimal aiohttp loop) and a ``websockets``-library client, each in its own process, on
+   the same node server, in turn in every round (judged on the median of the rounds'
+   ratios); for comparison also the floor on uvloop and wsmon on uvloop with
+   ``send_alignment``;
 2. capacity: 10,000 targets, 30 s interval, 2 min: daemon CPU, resident memory per target
    above an empty daemon (a second child with no targets), probe send lag;
 3. scrape cost: ``/metrics`` of a daemon with 1,000 and 10,000 targets (every series

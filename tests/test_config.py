@@ -240,3 +240,37 @@ def test_send_alignment_values(value: object, seconds: float) -> None:
 
 def test_send_alignment_defaults_to_off() -> None:
     assert config.loads("targets: [{name: a, url: 'ws://127.0.0.1:9/ws'}]\n").send_alignment == 0
+
+
+FAST_YAML = pytest.mark.skipif(
+    config._FastUniqueKeyLoader is None, reason="PyYAML built without libyaml"
+)
+
+
+@FAST_YAML
+@pytest.mark.parametrize(
+    "text",
+    [
+        (ROOT / "config.example.yaml").read_text(),
+        "p: &p {a: 1, b: [1, 2.5, '3', null, true, 2001-12-14]}\nq: {<<: *p, b: x}\n",
+        "big: 123456789012345678901234567890\nhex: 0x1f\noct: 0o17\nf: .inf\nt: yes\n",
+    ],
+)
+def test_libyaml_loader_builds_what_the_python_loader_builds(text: str) -> None:
+    """The fast loader is only a faster scanner and parser: the same objects come out."""
+    import yaml
+
+    fast = config._FastUniqueKeyLoader
+    assert fast is not None
+    assert yaml.load(text, Loader=fast) == yaml.load(text, Loader=config._UniqueKeyLoader)
+
+
+@FAST_YAML
+def test_libyaml_loader_rejects_duplicate_keys_itself() -> None:
+    """Duplicate keys are refused on the fast path too, not only by the fallback."""
+    import yaml
+
+    fast = config._FastUniqueKeyLoader
+    assert fast is not None
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'a'"):
+        yaml.load("x: {a: 1, a: 2}\n", Loader=fast)
