@@ -74,6 +74,7 @@ class Daemon:
         self._web_watch: asyncio.Task[None] | None = None
         self._settle: asyncio.Task[None] | None = None
         self.collector = Collector(self.log)
+        self._gc_wake = asyncio.Event()  # a reload restarts the gc schedule's ticks
 
     # --- start ----------------------------------------------------------------------------
 
@@ -183,6 +184,7 @@ class Daemon:
         changes = await self.supervisor.apply(new)
         # What the old targets held is collected in full once the new ones have settled.
         self.collector.unsettle()
+        self._gc_wake.set()
         self.config = new
         self.last_reload_problems = []
         self._loaded()
@@ -190,8 +192,12 @@ class Daemon:
         return True
 
     async def _manage_gc(self) -> None:
-        """Keep young collections short: see `monitor.collector`."""
+        """Keep young collections short: see `monitor.collector`. A small daemon's
+        schedule is done once it has settled: no more wake-ups until a reload."""
         while True:
+            if self.collector.idle(len(self.config.targets)):
+                self._gc_wake.clear()
+                await self._gc_wake.wait()
             await asyncio.sleep(FREEZE_EVERY)
             self.collector.tick(
                 settled=self.supervisor is not None and self.supervisor.ready,

@@ -21,7 +21,8 @@ connections stay up rarely reaches that; one that churns through connections pay
 collection now and then.
 
 Smaller daemons keep CPython's own schedule, where their young collections stay short, and
-freeze only once, when settled, after a full collection. There the growth rule would cost
+freeze only once, when settled, after a full collection; then their ticks stop until a
+reload changes the targets (`idle`). There the growth rule would cost
 more than it saves: a 3-target daemon reconnecting 250 times a second (`bench.soak`) grew
 by 14 % before its memory levelled off, against 0.2-0.3 % on CPython's schedule.
 """
@@ -81,9 +82,16 @@ class Collector:
             if sys.getallocatedblocks() > self.baseline * (1.0 + GROWTH):
                 self.full("grown")
 
+    def idle(self, targets: int) -> bool:
+        """Nothing left to do until the targets change: a daemon below FREEZE_FROM that has
+        had its full collection (its ticks would do nothing)."""
+        return targets < FREEZE_FROM and self.baseline is not None
+
     def unsettle(self) -> None:
-        """A reload changed the targets: collect in full once they have settled again."""
+        """A reload changed the targets: collect in full once they have settled again
+        (for SETTLE_FOR seconds, counted from now)."""
         self.baseline = None
+        self._settled_ticks = 0
 
     def full(self, reason: str) -> None:
         """Collect every generation, then freeze the survivors."""

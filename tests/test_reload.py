@@ -23,6 +23,7 @@ from wsserver import WSTestServer
 
 from monitor import config
 from monitor.app import Daemon
+from monitor.collector import FREEZE_EVERY, SETTLE_FOR
 from monitor.log import Logging
 
 
@@ -96,6 +97,35 @@ async def test_reload_is_a_diff(
         )  # fmt: skip
     finally:
         await third.stop()
+
+
+async def test_small_daemon_gc_schedule_sleeps_until_a_reload(
+    server: WSTestServer, from_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below FREEZE_FROM targets the gc schedule has nothing to do once the settled
+    daemon's full collection ran: it stops waking the loop, and a reload that changes the
+    targets starts it again (the new targets get their own full collection)."""
+    h, path = await from_file(target("a", server.url))
+    c = h.daemon.collector
+    ticks = 0
+    tick = c.tick
+
+    def counting(settled: bool, targets: int) -> None:
+        nonlocal ticks
+        ticks += 1
+        tick(settled, targets)
+
+    monkeypatch.setattr(c, "tick", counting)
+    await h.wait_for(lambda: c.full_collections >= 1, timeout=10)
+    await asyncio.sleep(FREEZE_EVERY)  # the tick that ran the collection has returned
+    ticks = 0
+    await asyncio.sleep(4 * FREEZE_EVERY)
+    assert ticks == 0, "the schedule kept waking up with nothing to do"
+
+    write(path, target("a", server.url), target("b", server.url))
+    assert await h.daemon.reload()
+    await h.wait_for(lambda: c.full_collections >= 2, timeout=10)
+    assert ticks >= SETTLE_FOR / FREEZE_EVERY
 
 
 async def test_invalid_reload_keeps_running_config(server: WSTestServer, from_file: Any) -> None:
