@@ -45,14 +45,13 @@ from typing import Any
 from .common import (
     DiscardingStream,
     cpu_seconds,
-    cpu_split,
     emit,
     peak_rss_kb,
     raise_nofile,
     rss_kb,
     rss_kb_after_gc,
     summary,
-    wakeups,
+    usage,
 )
 
 CONNECT_CONCURRENCY = 50  # the baselines open connections like wsmon: 50 handshakes at once
@@ -571,9 +570,7 @@ async def run_child(args: argparse.Namespace) -> None:
     )
     await asyncio.sleep(args.warmup)
     profiler = cProfile.Profile() if args.cprofile else None
-    cpu0 = cpu_seconds()
-    split0 = cpu_split()
-    sleeps0 = wakeups()
+    used0 = usage()
     wall0 = time.perf_counter()
     rec.window_start = time.monotonic()
     gcw.reset()
@@ -587,12 +584,11 @@ async def run_child(args: argparse.Namespace) -> None:
     rec.on = False
     gc_window = gcw.figures()
     gc_events = gcw.events_since(rec.window_start)
-    cpu1 = cpu_seconds()
-    split1 = cpu_split()
-    sleeps = wakeups() - sleeps0
+    used1 = usage()
     wall1 = time.perf_counter()
     rss = rss_kb_after_gc()
-    cpu = cpu1 - cpu0
+    cpu = used1.cpu - used0.cpu
+    sleeps = used1.wakeups - used0.wakeups
     wall = wall1 - wall0
     round_trips = len(rec.rtts)
     delay = args.delay_ms / 1000.0
@@ -612,10 +608,10 @@ async def run_child(args: argparse.Namespace) -> None:
         "round_trips_per_s": round_trips / wall if wall > 0 else 0.0,
         "cpu_us_per_round_trip": 1e6 * cpu / round_trips if round_trips else None,
         "user_us_per_round_trip": (
-            1e6 * (split1[0] - split0[0]) / round_trips if round_trips else None
+            1e6 * (used1.user - used0.user) / round_trips if round_trips else None
         ),
         "system_us_per_round_trip": (
-            1e6 * (split1[1] - split0[1]) / round_trips if round_trips else None
+            1e6 * (used1.system - used0.system) / round_trips if round_trips else None
         ),
         "wakeups": sleeps,
         "wakeups_per_round_trip": sleeps / round_trips if round_trips else None,

@@ -13,7 +13,7 @@ import math
 import resource
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "DiscardingStream",
@@ -24,6 +24,7 @@ __all__ = [
     "rss_kb",
     "rss_kb_after_gc",
     "summary",
+    "usage",
 ]
 
 
@@ -55,22 +56,29 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+class Usage(NamedTuple):
+    """What this process (every thread) has used so far, from one ``getrusage`` call."""
+
+    user: float  # CPU seconds in user mode
+    system: float  # CPU seconds in the kernel
+    # Voluntary context switches: how often it went to sleep (on the event loop, mostly:
+    # one per wake-up from an idle wait).
+    wakeups: int
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+
+def usage() -> Usage:
+    """This process's CPU time (user and system) and wake-ups so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return Usage(ru.ru_utime, ru.ru_stime, ru.ru_nvcsw)
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process (every thread) so far, in seconds."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def cpu_split() -> tuple[float, float]:
-    """(user, system) CPU time of this process (every thread) so far, in seconds."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime, ru.ru_stime
-
-
-def wakeups() -> int:
-    """Voluntary context switches of this process so far: how often it went to sleep (on
-    the event loop, mostly: one per wake-up from an idle wait)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    return usage().cpu
 
 
 def _status_kb(field: str) -> int:

@@ -22,9 +22,9 @@ collection now and then.
 
 Smaller daemons keep CPython's own schedule, where their young collections stay short, and
 freeze only once, when settled, after a full collection; then their ticks stop until a
-reload changes the targets (`idle`). There the growth rule would cost
-more than it saves: a 3-target daemon reconnecting 250 times a second (`bench.soak`) grew
-by 14 % before its memory levelled off, against 0.2-0.3 % on CPython's schedule.
+reload changes the targets (`idle`). There the growth rule would cost more than it saves:
+a 3-target daemon reconnecting 250 times a second (`bench.soak`) grew by 14 % before its
+memory levelled off, against 0.2-0.3 % on CPython's schedule.
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ def _alignment(value: Any) -> float:
     seconds = parse_duration(value, allow_zero=True)
     if seconds > MAX_SEND_ALIGNMENT:
         raise ValueError(
-            f"{value!r} is too long: at most 1s (0 turns alignment off); a coarser grid "
-            "would send most probes in a few bursts"
+            f"{value!r} is too long: at most {MAX_SEND_ALIGNMENT:g}s (0 turns alignment off); "
+            "a coarser grid would send most probes in a few bursts"
         )
     return seconds
 
