@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from . import config as config_mod
+from .aiohooks import use_direct_queue
 from .clock import clock
 from .collector import FREEZE_EVERY, Collector
 from .config import Config, ConfigError, parse_listen
@@ -84,6 +85,7 @@ class Daemon:
         self.web.load()
         if self.web.path is not None:
             self.metrics.web_reload_ok.set(1)
+        use_direct_queue()  # replies handled as they are parsed (monitor/aiohooks.py)
         self.http = aiohttp.ClientSession(
             # The default limit of 100 would silently stall the 101st WebSocket.
             connector=aiohttp.TCPConnector(

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 from aiohttp.connector import AddrInfoType
 from structlog.typing import FilteringBoundLogger
 
+from .aiohooks import ReadStamp, direct_queue
 from .clock import Clock, clock, start_eagerly
 from .config import ProbeConfig, TargetConfig, TCPConfig
 from .log import redact_url
@@ -264,48 +265,13 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
     raise ConnectFailed("auth", problem, time.perf_counter() - started)
 
 
-class ReadStamp:
-    """When bytes of one connection were last read from its socket (`time.perf_counter`).
-
-    A reply's round trip ends when its bytes are read, not when the receive loop's task
-    gets its turn: after a burst of readable sockets, or a slice of work such as a scrape,
-    the task may run a while later, and that wait is the monitor's, not the peer's.
-    aiohttp's protocol calls its data-received callback just before it parses what it
-    read; the stamp wraps that callback. A message is read no later than this stamp, and
-    the receive loop sees it no earlier, so the round trip it ends is never shortened.
-    """
-
-    __slots__ = ("at", "then")
-
-    def __init__(self, then: Callable[[], None] | None) -> None:
-        self.at = 0.0
-        self.then = then
-
-    def __call__(self) -> None:
-        self.at = time.perf_counter()
-        if self.then is not None:
-            self.then()
-
-    @classmethod
-    def install(cls, ws: ClientWebSocketResponse) -> ReadStamp | None:
-        """Wrap the connection's data-received callback; None where aiohttp has none (the
-        receive loop then takes the time itself)."""
-        conn = getattr(ws, "_conn", None)
-        proto = getattr(conn, "protocol", None)
-        if proto is None or not hasattr(proto, "_data_received_cb"):
-            return None
-        stamp = cls(proto._data_received_cb)
-        proto._data_received_cb = stamp
-        return stamp
-
-
 class Session:
     """An open connection: one receive loop, its probes (`ProbeRun`, on the loop's clock), and
     an honest account of how the connection ended."""
 
     __slots__ = (
-        "_closer", "_local", "consecutive_timeouts", "correlator", "log", "m", "pongs", "reads",
-        "rng", "target", "ws",
+        "_closer", "_failure", "_local", "consecutive_timeouts", "correlator", "log", "m", "pongs",
+        "reads", "rng", "target", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -326,6 +292,7 @@ class Session:
         self.consecutive_timeouts = 0
         self._local: tuple[int, str] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None  # raised while handling a message as parsed
         self.reads = ReadStamp.install(ws)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -382,32 +349,35 @@ class Session:
 
     async def _receive_loop(self) -> Disconnect:
         ws = self.ws
-        m = self.m
         reads = self.reads
         clock = time.perf_counter
+        # While the loop waits, replies are handled as aiohttp parses them (`DirectQueue`);
+        # what `_take` declines wakes the loop as before.
+        queue = direct_queue(ws)
+        take = self._take
         while True:
             if self._local is not None:
                 # Closing from our side (the closer task sends our code): another receive()
                 # would find aiohttp closing and make it send its own close, code 1000,
                 # first. That happens when a message was read just before our close.
                 return Disconnect(self._local[0], "local", self._local[1])
-            msg = await ws.receive()
+            if queue is not None:
+                queue.take = take
+            try:
+                msg = await ws.receive()
+            finally:
+                if queue is not None:
+                    queue.take = None  # also breaks the cycle session -> ws -> queue -> session
+            if self._failure is not None:
+                raise self._failure
             received = reads.at if reads is not None else clock()
             kind = msg.type
-            if kind is WSMsgType.TEXT:
-                m.messages_received.inc()
-                self._on_text(msg.data, received)
-            elif kind is WSMsgType.BINARY:
-                m.messages_received.inc()
-                m.unmatched["binary"].inc()
-            elif kind is WSMsgType.PING:
+            if self._handle(kind, msg.data, received):
+                continue
+            if kind is WSMsgType.PING:
                 # A failed pong means the connection is going away; the next receive says how.
                 with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
                     await ws.pong(msg.data)
-            elif kind is WSMsgType.PONG:
-                pending = self.pongs.match(msg.data)
-                if pending is not None:
-                    pending.answer(Reply(received, None))
             elif kind is WSMsgType.CLOSE:
                 if self._local is not None:  # the peer's answer to our close
                     return Disconnect(self._local[0], "local", self._local[1])
@@ -419,6 +389,37 @@ class Session:
                 return ended
             else:  # CLOSING, CLOSED, ERROR
                 return self._ended_without_close_frame(msg.data)
+
+    def _take(self, msg: WSMessage) -> bool:
+        """A message as aiohttp parses it, while the receive loop waits: handled here if it
+        needs no await (text, binary, pong), else left for the loop."""
+        reads = self.reads
+        try:
+            return self._handle(
+                msg.type, msg.data, reads.at if reads is not None else time.perf_counter()
+            )
+        except Exception as exc:
+            # Raised into aiohttp's parser, it would end the connection as if the network
+            # had failed. Queue the message instead: the loop wakes and raises it, as when
+            # it handles a message itself.
+            self._failure = exc
+            return False
+
+    def _handle(self, kind: WSMsgType, data: Any, received: float) -> bool:
+        """Handle a message that needs no await; False for the others."""
+        if kind is WSMsgType.TEXT:
+            self.m.messages_received.inc()
+            self._on_text(data, received)
+        elif kind is WSMsgType.PONG:
+            pending = self.pongs.match(data)
+            if pending is not None:
+                pending.answer(Reply(received, None))
+        elif kind is WSMsgType.BINARY:
+            self.m.messages_received.inc()
+            self.m.unmatched["binary"].inc()
+        else:
+            return False
+        return True
 
     def _ended_without_close_frame(self, data: Any) -> Disconnect:
         if self._local is not None:

@@ -9,8 +9,10 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp.client
 import pytest
 import yaml
+from aiohttp._websocket.reader import WebSocketDataQueue
 from prometheus_client import CollectorRegistry
 from wsserver import WSTestServer
 
@@ -74,6 +76,20 @@ def target(name: str, url: str, **extra: Any) -> dict[str, Any]:
 
 
 StartDaemon = Callable[..., Awaitable[Harness]]
+
+
+class ForeignQueue(WebSocketDataQueue):
+    """Stands for a queue class of an aiohttp release that `use_direct_queue` does not know."""
+
+
+@pytest.fixture(params=["as_parsed", "receive_loop"])
+def receive_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on both receive paths: replies handled as aiohttp parses them (the
+    daemon's default, `monitor.aiohooks.DirectQueue`), and through `receive()` alone, as on
+    an aiohttp whose client builds a queue the hook does not know."""
+    if request.param == "receive_loop":
+        monkeypatch.setattr(aiohttp.client, "WebSocketDataQueue", ForeignQueue)
+    return str(request.param)
 
 
 @pytest.fixture

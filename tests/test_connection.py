@@ -7,15 +7,20 @@ import json
 import time
 from typing import Any
 
-from conftest import Harness, StartDaemon, target
+import aiohttp.client
+import pytest
+from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
+from conftest import ForeignQueue, Harness, StartDaemon, target
 from wsserver import WSTestServer
 
+from monitor import aiohooks
 from monitor import session as session_mod
 from monitor.probes import Pending, Reply
 
 PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
 
 
+@pytest.mark.usefixtures("receive_path")
 class TestRoundTrip:
     async def test_rtt_matches_server_delay(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -109,6 +114,7 @@ class TestRoundTrip:
         assert 99.0 <= h.value("wsmon_server_time_offset_seconds", target="t") <= 100.5
 
 
+@pytest.mark.usefixtures("receive_path")
 class TestCloseCodes:
     async def test_peer_close_frame_code(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -238,6 +244,7 @@ class TestDeadConnection:
         assert h.value("wsmon_probe_timeouts_total", target="t", probe="frame") >= 2
 
 
+@pytest.mark.usefixtures("receive_path")
 class TestReplies:
     async def test_api_error_reply(self, server: WSTestServer, start_daemon: StartDaemon) -> None:
         """A Deriv error reply counts as `api_error`, logs its code, and leaves up at 0."""
@@ -305,6 +312,7 @@ class TestReplies:
         assert h.value("wsmon_connected", target="t") == 1
 
 
+@pytest.mark.usefixtures("receive_path")
 class TestInOrder:
     async def test_null_correlation_matches_in_order(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -355,6 +363,7 @@ class TestBackoffInPractice:
         assert attempts == [1, 2, 3, 1]
 
 
+@pytest.mark.usefixtures("receive_path")
 async def test_server_pings_are_answered(start_daemon: StartDaemon) -> None:
     """Ping frames from the server are answered with matching pongs (the monitor handles
     ping/pong itself so that it can time its own pings)."""
@@ -456,6 +465,7 @@ def off_grid(times: list[float]) -> list[float]:
 
 
 class TestSendTiming:
+    @pytest.mark.usefixtures("receive_path")
     async def test_rtt_ends_when_the_reply_is_read(
         self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
     ) -> None:
@@ -469,13 +479,13 @@ class TestSendTiming:
         await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
         session = h.daemon.supervisor.runners["t"]._session
         assert session.reads is not None  # aiohttp's protocol still has the callback it wraps
-        stamp = session_mod.ReadStamp.__call__
+        stamp = aiohooks.ReadStamp.__call__
 
-        def read_then_block(self: session_mod.ReadStamp) -> None:
+        def read_then_block(self: aiohooks.ReadStamp) -> None:
             stamp(self)
             time.sleep(0.060)
 
-        monkeypatch.setattr(session_mod.ReadStamp, "__call__", read_then_block)
+        monkeypatch.setattr(aiohooks.ReadStamp, "__call__", read_then_block)
         before = h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping")
         await h.wait_for(
             lambda: h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping") >= before + 4
@@ -539,6 +549,7 @@ class TestSendTiming:
         assert len(late) <= len(later) // 10, late
 
 
+@pytest.mark.usefixtures("receive_path")
 async def test_a_close_right_after_a_read_sends_our_code(
     server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
 ) -> None:
@@ -549,12 +560,95 @@ async def test_a_close_right_after_a_read_sends_our_code(
     h = await start_daemon(target("t", server.url, probes=probes))
     await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
     session = h.daemon.supervisor.runners["t"]._session
-    stamp = session_mod.ReadStamp.__call__
+    stamp = aiohooks.ReadStamp.__call__
 
-    def read_then_close(self: session_mod.ReadStamp) -> None:
+    def read_then_close(self: aiohooks.ReadStamp) -> None:
         stamp(self)  # the message is queued for the receive loop right after this
         session.close(1001, "going away")
 
-    monkeypatch.setattr(session_mod.ReadStamp, "__call__", read_then_close)
+    monkeypatch.setattr(aiohooks.ReadStamp, "__call__", read_then_close)
     await server.wait_for(lambda: len(server.close_frames) >= 1, timeout=5)
     assert server.close_frames[0] == 1001
+
+
+class TestRepliesAsParsed:
+    async def test_replies_never_wake_the_receive_loop(
+        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+    ) -> None:
+        """With the installed aiohttp every reply is handled as it is parsed: the receive
+        loop's `receive()` returns no text message, yet every request the server answered
+        is a round trip in the histogram."""
+        returned: list[WSMsgType] = []
+        receive = ClientWebSocketResponse.receive
+
+        async def counting(self: ClientWebSocketResponse, timeout: float | None = None) -> Any:
+            msg = await receive(self, timeout)
+            returned.append(msg.type)
+            return msg
+
+        monkeypatch.setattr(ClientWebSocketResponse, "receive", counting)
+        probes = [{**PING, "interval": "25ms", "timeout": "20ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes))
+        await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
+        session = h.daemon.supervisor.runners["t"]._session
+        assert aiohooks.direct_queue(session.ws) is not None
+        await server.wait_for(lambda: server.request_count("ping") >= 20)
+        await h.daemon.stop()
+        answered = h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping")
+        # Stopping may leave the last request unanswered.
+        assert server.request_count("ping") - 1 <= answered <= server.request_count("ping")
+        assert WSMsgType.TEXT not in returned, returned
+
+    async def test_a_message_queued_ahead_keeps_its_place(self) -> None:
+        """What the receive loop must see (a ping) is queued; a reply parsed after it is
+        queued behind it instead of being taken, so the loop sees both in order."""
+
+        class Protocol:
+            _reading_paused = False
+
+        queue = aiohooks.DirectQueue(Protocol(), 2**16, loop=asyncio.get_running_loop())
+        taken: list[Any] = []
+
+        def take(msg: WSMessage) -> bool:
+            if msg.type is WSMsgType.TEXT:
+                taken.append(msg.data)
+                return True
+            return False
+
+        queue.take = take
+        queue.feed_data(WSMessage(WSMsgType.TEXT, "first", ""), 5)
+        queue.feed_data(WSMessage(WSMsgType.PING, b"p", ""), 1)
+        queue.feed_data(WSMessage(WSMsgType.TEXT, "second", ""), 6)
+        assert taken == ["first"]
+        assert (await queue.read()).type is WSMsgType.PING
+        assert (await queue.read()).data == "second"
+        queue.feed_data(WSMessage(WSMsgType.TEXT, "third", ""), 5)  # nothing ahead again
+        assert taken == ["first", "third"]
+
+    def test_a_queue_class_it_does_not_know_is_left_alone(self, monkeypatch: Any) -> None:
+        """On an aiohttp whose client builds some other queue, the hook changes nothing and
+        says so (the daemon then uses the receive loop alone)."""
+        monkeypatch.setattr(aiohttp.client, "WebSocketDataQueue", ForeignQueue)
+        assert aiohooks.use_direct_queue() is False
+        assert aiohttp.client.WebSocketDataQueue is ForeignQueue
+
+    @pytest.mark.usefixtures("receive_path")
+    async def test_a_failure_while_handling_a_reply_is_raised_by_the_session(
+        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+    ) -> None:
+        """An exception while handling a reply ends the session with that exception on
+        either path; handled as parsed, it must not turn into a connection error, which
+        would be recorded as a network failure (code 1006)."""
+
+        def broken(self: session_mod.Session, text: str, received: float) -> None:
+            raise RuntimeError("broken handler")
+
+        monkeypatch.setattr(session_mod.Session, "_on_text", broken)
+        h = await start_daemon(
+            target("t", server.url, probes=[{**PING, "interval": "50ms", "timeout": "40ms"}])
+        )
+        task = h.daemon.supervisor.runners["t"]._task
+        assert task is not None
+        await h.wait_for(task.done)
+        assert isinstance(task.exception(), RuntimeError)
+        assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 0
