@@ -295,10 +295,11 @@ class WsmonInstrumentation:
     * ``Session.run``: sessions open now (all connected when it equals the targets);
     * send lag (``--send-lag``): the clock calls ``ProbeRun.fire`` for each scheduled send;
       a wrapper reads the time the send was scheduled for (``ProbeRun.due``) before the
-      original runs, and ``ClientWebSocketResponse.send_str`` / ``ping`` called from inside
-      that call take the loop's time when the frame is handed to aiohttp: the lag is the
-      difference. Sends skipped while an earlier one waits for the socket buffer, or that
-      fail, are not seen.
+      original runs, and the frame's write called from inside that call
+      (``monitor.aiohooks.FrameWriter.write`` when it writes, else
+      ``ClientWebSocketResponse.send_frame``) takes the loop's time when the frame is
+      handed to aiohttp: the lag is the difference. Sends skipped while an earlier one
+      waits for the socket buffer, or that fail, are not seen.
     """
 
     def __init__(self, rec: Recorder, send_lag: bool) -> None:
@@ -348,11 +349,13 @@ class WsmonInstrumentation:
     def _install_send_lag(self, probe_run_cls: Any) -> None:
         from aiohttp import ClientWebSocketResponse
 
+        from monitor.aiohooks import FrameWriter
+
         rec = self.rec
         instr = self
         orig_fire = probe_run_cls.fire
-        orig_send_str = ClientWebSocketResponse.send_str
-        orig_ping = ClientWebSocketResponse.ping
+        orig_write = FrameWriter.write
+        orig_send_frame = ClientWebSocketResponse.send_frame
 
         def fire(self: Any) -> None:
             instr._due = self.due
@@ -361,23 +364,26 @@ class WsmonInstrumentation:
             finally:
                 instr._due = None
 
-        def sent() -> None:
+        def sent(at: float) -> None:
             if instr._due is None:
                 return
-            rec.lag(asyncio.get_running_loop().time() - instr._due)
+            rec.lag(at - instr._due)
             instr.lag_sends_seen += 1
 
-        def send_str(self: Any, data: str, *args: Any, **kwargs: Any) -> Any:
-            sent()
-            return orig_send_str(self, data, *args, **kwargs)
+        def write(self: Any, payload: bytes, opcode: int) -> bool:
+            at = asyncio.get_running_loop().time()
+            written = orig_write(self, payload, opcode)
+            if written:  # else the send goes on through send_frame, which counts it
+                sent(at)
+            return written
 
-        def ping(self: Any, *args: Any, **kwargs: Any) -> Any:
-            sent()
-            return orig_ping(self, *args, **kwargs)
+        def send_frame(self: Any, *args: Any, **kwargs: Any) -> Any:
+            sent(asyncio.get_running_loop().time())
+            return orig_send_frame(self, *args, **kwargs)
 
         probe_run_cls.fire = fire
-        ClientWebSocketResponse.send_str = send_str  # type: ignore[method-assign]
-        ClientWebSocketResponse.ping = ping  # type: ignore[method-assign]
+        FrameWriter.write = write  # type: ignore[method-assign]
+        ClientWebSocketResponse.send_frame = send_frame  # type: ignore[method-assign]
 
 
 def block_speedups() -> None:

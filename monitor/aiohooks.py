@@ -1,7 +1,8 @@
 """Where wsmon reaches into aiohttp's WebSocket client: when a connection's bytes were read,
-and replies handed to their probe as they are parsed, without waking the receive task.
+replies handed to their probe as they are parsed, without waking the receive task, and
+requests written without a coroutine per send.
 
-Both hooks are optional. Where an aiohttp release no longer has what they attach to, the
+Every hook is optional. Where an aiohttp release no longer has what they attach to, the
 daemon measures and dispatches through `ClientWebSocketResponse.receive()` alone, with the
 same results; `tests/test_connection.py` runs the receive-loop path explicitly and checks that
 the installed aiohttp takes the hooks.
@@ -55,6 +56,46 @@ class ReadStamp:
         stamp = cls(proto._data_received_cb)
         proto._data_received_cb = stamp
         return stamp
+
+
+# The largest header of a client frame: 2 bytes, 8 of extended length and a 4-byte mask.
+MAX_HEADER = 14
+
+
+class FrameWriter:
+    """Writes one connection's frames at once, where aiohttp's own `send_frame` would too.
+
+    `send_frame` is a coroutine (an awaitable per send, driven by the caller) around a
+    plain method that builds, masks and writes the frame; for an uncompressed frame it
+    only awaits when its count of bytes written passes its limit and the socket buffer is
+    full. `write` calls that method directly whenever the frame leaves the count within the
+    limit, so nothing would have been awaited; otherwise it declines and the caller goes
+    through `send_frame`, which also resets the count, as it does for every frame.
+    """
+
+    __slots__ = ("writer",)
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    @classmethod
+    def install(cls, ws: ClientWebSocketResponse) -> FrameWriter | None:
+        """The connection's frame writer; None where aiohttp's writer lacks what it uses."""
+        writer = getattr(ws, "_writer", None)
+        needs = ("_write_websocket_frame", "_closing", "_output_size", "_limit", "compress")
+        if writer is None or not all(hasattr(writer, name) for name in needs):
+            return None
+        return cls(writer)
+
+    def write(self, payload: bytes, opcode: int) -> bool:
+        """Write the frame and return True; False, with nothing written, where `send_frame`
+        would compress it, refuse it (closing) or might wait for the socket buffer. Raises
+        what `send_frame` raises when the transport is closing."""
+        w = self.writer
+        if w.compress or w._closing or w._output_size + len(payload) + MAX_HEADER > w._limit:
+            return False
+        w._write_websocket_frame(payload, opcode, 0)
+        return True
 
 
 class DirectQueue(WebSocketDataQueue):

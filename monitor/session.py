@@ -12,7 +12,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 from aiohttp.connector import AddrInfoType
 from structlog.typing import FilteringBoundLogger
 
-from .aiohooks import ReadStamp, direct_queue
+from .aiohooks import FrameWriter, ReadStamp, direct_queue
 from .clock import Clock, clock, start_eagerly
 from .config import ProbeConfig, TargetConfig, TCPConfig
 from .log import redact_url
@@ -270,8 +270,8 @@ class Session:
     an honest account of how the connection ended."""
 
     __slots__ = (
-        "_closer", "_failure", "_local", "consecutive_timeouts", "correlator", "log", "m", "pongs",
-        "reads", "rng", "target", "ws",
+        "_closer", "_failure", "_local", "consecutive_timeouts", "correlator", "frames", "log", "m",
+        "pongs", "reads", "rng", "target", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -294,6 +294,7 @@ class Session:
         self._closer: asyncio.Task[None] | None = None
         self._failure: Exception | None = None  # raised while handling a message as parsed
         self.reads = ReadStamp.install(ws)
+        self.frames = FrameWriter.install(ws)  # None: every send goes through send_frame
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -581,23 +582,27 @@ class ProbeRun:
     def _send(self, deadline: float) -> None:
         session = self.session
         pending: Pending
-        sending: Coroutine[Any, Any, None]
         # The pending holds bound methods of this run (the run holds no pending): no
         # reference cycle, so everything is freed by reference counting.
         if self.build is not None:
             req_id = session.correlator.next_id()
             pending = Pending(req_id, self._reply, self._timed_out)
-            sending = session.ws.send_str(self.build(req_id))
+            payload = self.build(req_id).encode()
+            opcode = WSMsgType.TEXT
         else:
             payload = session.pongs.next_payload()
             pending = Pending(payload, self._pong, self._timed_out)
-            sending = session.ws.ping(payload)
+            opcode = WSMsgType.PING
         # Register first: the reply can arrive before the send call returns.
         self.waiters.register(pending)
         pending.sent_wall = time.time()
         pending.sent_at = time.perf_counter()  # the clock starts right before the write
+        frames = session.frames
         try:
-            rest = start_eagerly(sending)
+            if frames is not None and frames.write(payload, opcode):
+                rest = None
+            else:
+                rest = start_eagerly(session.ws.send_frame(payload, opcode))
         except SEND_ERRORS as exc:
             self._failed(pending, exc)
             return

@@ -16,6 +16,7 @@ from aiohttp._websocket.reader import WebSocketDataQueue
 from prometheus_client import CollectorRegistry
 from wsserver import WSTestServer
 
+from monitor import aiohooks
 from monitor import config as config_mod
 from monitor.app import Daemon
 from monitor.log import Logging
@@ -82,13 +83,14 @@ class ForeignQueue(WebSocketDataQueue):
     """Stands for a queue class of an aiohttp release that `use_direct_queue` does not know."""
 
 
-@pytest.fixture(params=["as_parsed", "receive_loop"])
-def receive_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test on both receive paths: replies handled as aiohttp parses them (the
-    daemon's default, `monitor.aiohooks.DirectQueue`), and through `receive()` alone, as on
-    an aiohttp whose client builds a queue the hook does not know."""
-    if request.param == "receive_loop":
+@pytest.fixture(params=["with_hooks", "without_hooks"])
+def aiohttp_hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with and without `monitor.aiohooks`: replies handled as aiohttp parses
+    them and frames written directly (the daemon's default), or everything through
+    `receive()` and `send_frame()`, as on an aiohttp the hooks do not fit."""
+    if request.param == "without_hooks":
         monkeypatch.setattr(aiohttp.client, "WebSocketDataQueue", ForeignQueue)
+        monkeypatch.setattr(aiohooks.FrameWriter, "install", classmethod(lambda cls, ws: None))
     return str(request.param)
 
 

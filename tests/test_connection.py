@@ -20,7 +20,7 @@ from monitor.probes import Pending, Reply
 PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 class TestRoundTrip:
     async def test_rtt_matches_server_delay(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -114,7 +114,7 @@ class TestRoundTrip:
         assert 99.0 <= h.value("wsmon_server_time_offset_seconds", target="t") <= 100.5
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 class TestCloseCodes:
     async def test_peer_close_frame_code(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -244,7 +244,7 @@ class TestDeadConnection:
         assert h.value("wsmon_probe_timeouts_total", target="t", probe="frame") >= 2
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 class TestReplies:
     async def test_api_error_reply(self, server: WSTestServer, start_daemon: StartDaemon) -> None:
         """A Deriv error reply counts as `api_error`, logs its code, and leaves up at 0."""
@@ -312,7 +312,7 @@ class TestReplies:
         assert h.value("wsmon_connected", target="t") == 1
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 class TestInOrder:
     async def test_null_correlation_matches_in_order(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -363,7 +363,7 @@ class TestBackoffInPractice:
         assert attempts == [1, 2, 3, 1]
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 async def test_server_pings_are_answered(start_daemon: StartDaemon) -> None:
     """Ping frames from the server are answered with matching pongs (the monitor handles
     ping/pong itself so that it can time its own pings)."""
@@ -465,7 +465,7 @@ def off_grid(times: list[float]) -> list[float]:
 
 
 class TestSendTiming:
-    @pytest.mark.usefixtures("receive_path")
+    @pytest.mark.usefixtures("aiohttp_hooks")
     async def test_rtt_ends_when_the_reply_is_read(
         self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
     ) -> None:
@@ -549,7 +549,7 @@ class TestSendTiming:
         assert len(late) <= len(later) // 10, late
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 async def test_a_close_right_after_a_read_sends_our_code(
     server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
 ) -> None:
@@ -571,7 +571,7 @@ async def test_a_close_right_after_a_read_sends_our_code(
     assert server.close_frames[0] == 1001
 
 
-class TestRepliesAsParsed:
+class TestAiohttpHooks:
     async def test_replies_never_wake_the_receive_loop(
         self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
     ) -> None:
@@ -598,6 +598,40 @@ class TestRepliesAsParsed:
         # Stopping may leave the last request unanswered.
         assert server.request_count("ping") - 1 <= answered <= server.request_count("ping")
         assert WSMsgType.TEXT not in returned, returned
+
+    async def test_requests_are_written_without_send_frame_until_its_limit(
+        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+    ) -> None:
+        """With the installed aiohttp every request is written directly while the writer's
+        count of bytes stays under its limit; the one that would pass it goes through
+        `send_frame`, which resets the count. The server receives every request either way."""
+        through_send_frame: list[int] = []
+        send_frame = ClientWebSocketResponse.send_frame
+
+        async def counting(self: ClientWebSocketResponse, message: bytes, opcode: Any,
+                           compress: int | None = None) -> None:  # fmt: skip
+            through_send_frame.append(opcode)
+            await send_frame(self, message, opcode, compress)
+
+        monkeypatch.setattr(ClientWebSocketResponse, "send_frame", counting)
+        probes = [{**PING, "interval": "25ms", "timeout": "20ms"}]
+        h = await start_daemon(target("t", server.url, probes=probes))
+        await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
+        frames = h.daemon.supervisor.runners["t"]._session.frames
+        assert frames is not None
+        await server.wait_for(lambda: server.request_count("ping") >= 5)
+        assert through_send_frame == []
+        writer = frames.writer
+        writer._output_size = writer._limit - 20  # the next request would pass the limit
+        count = server.request_count("ping")
+        await server.wait_for(lambda: server.request_count("ping") >= count + 5)
+        await h.daemon.stop()
+        assert through_send_frame[:1] == [WSMsgType.TEXT]
+        assert len([op for op in through_send_frame if op == WSMsgType.TEXT]) == 1
+        assert writer._output_size < 1000  # reset by send_frame, then counted on
+        assert h.value("wsmon_probes_sent_total", target="t", probe="ping") == (
+            server.request_count("ping")
+        )
 
     async def test_a_message_queued_ahead_keeps_its_place(self) -> None:
         """What the receive loop must see (a ping) is queued; a reply parsed after it is
@@ -632,7 +666,7 @@ class TestRepliesAsParsed:
         assert aiohooks.use_direct_queue() is False
         assert aiohttp.client.WebSocketDataQueue is ForeignQueue
 
-    @pytest.mark.usefixtures("receive_path")
+    @pytest.mark.usefixtures("aiohttp_hooks")
     async def test_a_failure_while_handling_a_reply_is_raised_by_the_session(
         self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
     ) -> None:

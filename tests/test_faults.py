@@ -51,7 +51,7 @@ async def server_process() -> AsyncIterator[ServerProcess]:
         proc.stop()
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 class TestCloseFrames:
     @pytest.mark.parametrize("code", [1000, 1001, 1011, 4000, 4321, 4999])
     async def test_close_code_counted_as_peer(
@@ -208,7 +208,7 @@ class TestHandshakeFailures:
             assert 300 <= event["duration_ms"] <= 330
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 class TestBadReplies:
     async def test_duplicate_reply_counted_once(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -250,7 +250,7 @@ class TestBadReplies:
         undisturbed(h, other_server)
 
 
-@pytest.mark.usefixtures("receive_path")
+@pytest.mark.usefixtures("aiohttp_hooks")
 class TestLiveliness:
     async def test_server_pings_answered_and_never_closed(
         self, server: WSTestServer, start_daemon: StartDaemon
