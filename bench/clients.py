@@ -296,7 +296,7 @@ class WsmonInstrumentation:
     * send lag (``--send-lag``): the clock calls ``ProbeRun.fire`` for each scheduled send;
       a wrapper reads the time the send was scheduled for (``ProbeRun.due``) before the
       original runs, and the frame's write called from inside that call
-      (``monitor.aiohooks.FrameWriter.write`` when it writes, else
+      (``monitor.session.write_frame`` when it writes, else
       ``ClientWebSocketResponse.send_frame``) takes the loop's time when the frame is
       handed to aiohttp: the lag is the difference. Sends skipped while an earlier one
       waits for the socket buffer, or that fail, are not seen.
@@ -317,6 +317,7 @@ class WsmonInstrumentation:
         needed: list[tuple[Any, str]] = [(Session, "_answered"), (Session, "run")]
         if self.send_lag:
             needed.append((getattr(session_mod, "ProbeRun", None), "fire"))
+            needed.append((session_mod, "write_frame"))
         for owner, name in needed:
             if not callable(getattr(owner, name, None)):
                 raise RuntimeError(
@@ -349,12 +350,12 @@ class WsmonInstrumentation:
     def _install_send_lag(self, probe_run_cls: Any) -> None:
         from aiohttp import ClientWebSocketResponse
 
-        from monitor.aiohooks import FrameWriter
+        from monitor import session as session_mod
 
         rec = self.rec
         instr = self
         orig_fire = probe_run_cls.fire
-        orig_write = FrameWriter.write
+        orig_write = session_mod.write_frame
         orig_send_frame = ClientWebSocketResponse.send_frame
 
         def fire(self: Any) -> None:
@@ -370,9 +371,9 @@ class WsmonInstrumentation:
             rec.lag(at - instr._due)
             instr.lag_sends_seen += 1
 
-        def write(self: Any, payload: bytes, opcode: int) -> bool:
+        def write(writer: Any, payload: bytes, opcode: int) -> bool:
             at = asyncio.get_running_loop().time()
-            written = orig_write(self, payload, opcode)
+            written = orig_write(writer, payload, opcode)
             if written:  # else the send goes on through send_frame, which counts it
                 sent(at)
             return written
@@ -382,7 +383,7 @@ class WsmonInstrumentation:
             return orig_send_frame(self, *args, **kwargs)
 
         probe_run_cls.fire = fire
-        FrameWriter.write = write  # type: ignore[method-assign]
+        session_mod.write_frame = write
         ClientWebSocketResponse.send_frame = send_frame  # type: ignore[method-assign]
 
 

@@ -62,40 +62,36 @@ class ReadStamp:
 MAX_HEADER = 14
 
 
-class FrameWriter:
-    """Writes one connection's frames at once, where aiohttp's own `send_frame` would too.
+def frame_writer(ws: ClientWebSocketResponse) -> Any | None:
+    """aiohttp's frame writer of the connection, where `write_frame` can use it; else None
+    (every send then goes through `send_frame`)."""
+    writer = getattr(ws, "_writer", None)
+    needs = ("_write_websocket_frame", "_closing", "_output_size", "_limit", "compress")
+    if writer is None or not all(hasattr(writer, name) for name in needs):
+        return None
+    return writer
+
+
+def write_frame(writer: Any, payload: bytes, opcode: int) -> bool:
+    """Write a frame at once, where aiohttp's own `send_frame` would too; True if written.
 
     `send_frame` is a coroutine (an awaitable per send, driven by the caller) around a
-    plain method that builds, masks and writes the frame; for an uncompressed frame it
+    plain method that builds, masks and writes the frame. For an uncompressed frame it
     only awaits when its count of bytes written passes its limit and the socket buffer is
-    full. `write` calls that method directly whenever the frame leaves the count within the
-    limit, so nothing would have been awaited; otherwise it declines and the caller goes
-    through `send_frame`, which also resets the count, as it does for every frame.
+    full. This calls that method directly whenever the frame leaves the count within the
+    limit, so nothing would have been awaited. Otherwise (and where `send_frame` would
+    compress the frame or refuse it while closing) it writes nothing and returns False:
+    the caller goes through `send_frame`, which also resets the count, as for every frame.
+    Raises what `send_frame` raises when the transport is closing.
     """
-
-    __slots__ = ("writer",)
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    @classmethod
-    def install(cls, ws: ClientWebSocketResponse) -> FrameWriter | None:
-        """The connection's frame writer; None where aiohttp's writer lacks what it uses."""
-        writer = getattr(ws, "_writer", None)
-        needs = ("_write_websocket_frame", "_closing", "_output_size", "_limit", "compress")
-        if writer is None or not all(hasattr(writer, name) for name in needs):
-            return None
-        return cls(writer)
-
-    def write(self, payload: bytes, opcode: int) -> bool:
-        """Write the frame and return True; False, with nothing written, where `send_frame`
-        would compress it, refuse it (closing) or might wait for the socket buffer. Raises
-        what `send_frame` raises when the transport is closing."""
-        w = self.writer
-        if w.compress or w._closing or w._output_size + len(payload) + MAX_HEADER > w._limit:
-            return False
-        w._write_websocket_frame(payload, opcode, 0)
-        return True
+    if (
+        writer.compress
+        or writer._closing
+        or writer._output_size + len(payload) + MAX_HEADER > writer._limit
+    ):
+        return False
+    writer._write_websocket_frame(payload, opcode, 0)
+    return True
 
 
 class DirectQueue(WebSocketDataQueue):

@@ -21,7 +21,7 @@ from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 from aiohttp.connector import AddrInfoType
 from structlog.typing import FilteringBoundLogger
 
-from .aiohooks import FrameWriter, ReadStamp, direct_queue
+from .aiohooks import ReadStamp, direct_queue, frame_writer, write_frame
 from .clock import Clock, clock, start_eagerly
 from .config import ProbeConfig, TargetConfig, TCPConfig
 from .log import redact_url
@@ -294,7 +294,7 @@ class Session:
         self._closer: asyncio.Task[None] | None = None
         self._failure: Exception | None = None  # raised while handling a message as parsed
         self.reads = ReadStamp.install(ws)
-        self.frames = FrameWriter.install(ws)  # None: every send goes through send_frame
+        self.frames = frame_writer(ws)  # None: every send goes through send_frame
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -599,7 +599,7 @@ class ProbeRun:
         pending.sent_at = time.perf_counter()  # the clock starts right before the write
         frames = session.frames
         try:
-            if frames is not None and frames.write(payload, opcode):
+            if frames is not None and write_frame(frames, payload, opcode):
                 rest = None
             else:
                 rest = start_eagerly(session.ws.send_frame(payload, opcode))

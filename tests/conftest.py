@@ -16,8 +16,8 @@ from aiohttp._websocket.reader import WebSocketDataQueue
 from prometheus_client import CollectorRegistry
 from wsserver import WSTestServer
 
-from monitor import aiohooks
 from monitor import config as config_mod
+from monitor import session as session_mod
 from monitor.app import Daemon
 from monitor.log import Logging
 
@@ -90,7 +90,7 @@ def aiohttp_hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     `receive()` and `send_frame()`, as on an aiohttp the hooks do not fit."""
     if request.param == "without_hooks":
         monkeypatch.setattr(aiohttp.client, "WebSocketDataQueue", ForeignQueue)
-        monkeypatch.setattr(aiohooks.FrameWriter, "install", classmethod(lambda cls, ws: None))
+        monkeypatch.setattr(session_mod, "frame_writer", lambda ws: None)
     return str(request.param)
 
 

@@ -617,11 +617,10 @@ class TestAiohttpHooks:
         probes = [{**PING, "interval": "25ms", "timeout": "20ms"}]
         h = await start_daemon(target("t", server.url, probes=probes))
         await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
-        frames = h.daemon.supervisor.runners["t"]._session.frames
-        assert frames is not None
+        writer = h.daemon.supervisor.runners["t"]._session.frames
+        assert writer is not None
         await server.wait_for(lambda: server.request_count("ping") >= 5)
         assert through_send_frame == []
-        writer = frames.writer
         writer._output_size = writer._limit - 20  # the next request would pass the limit
         count = server.request_count("ping")
         await server.wait_for(lambda: server.request_count("ping") >= count + 5)
