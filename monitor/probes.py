@@ -19,7 +19,7 @@ Outcome = Literal["ok", "api_error", "unexpected_reply", "invalid_json"]
 
 @dataclass(slots=True)
 class Reply:
-    """What the receive loop hands to a waiting probe."""
+    """What the session hands to a waiting probe."""
 
     received_at: float  # time.perf_counter() when the message was taken off the socket
     message: dict[str, Any] | None  # None: the text was not a JSON object
@@ -28,7 +28,7 @@ class Reply:
 
 @dataclass(slots=True, eq=False)
 class Pending:
-    """A request waiting for its reply: the receive loop hands the reply to `on_reply`
+    """A request waiting for its reply: the session hands the reply to `on_reply`
     directly (no task to wake); if none came by its deadline, the clock calls `fire()`,
     which hands it to `on_timeout`. Whichever comes first marks it `done`; `timer` is the
     deadline's number on the clock, which `on_reply` cancels."""

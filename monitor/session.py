@@ -519,10 +519,10 @@ class ProbeRun:
     """One probe on one open connection: its sends, on the loop's clock, and what becomes of
     each request (a reply, an error or a timeout).
 
-    No task per probe: the clock calls `fire()` at the scheduled time, which sends right
-    there (the receive loop hands the reply to `_reply`; one task wake-up per round trip,
-    as in a hand-written client), and the request's own deadline on the same clock counts
-    the timeout when no reply came. The first send is jittered over one interval.
+    No task per probe: the clock calls `fire()` at the scheduled time, which writes the
+    request right there, and the request's own deadline on the same clock counts the
+    timeout when no reply came. The reply reaches `_reply` as aiohttp parses it (see
+    `Session._take`), without a task wake-up. The first send is jittered over one interval.
     """
 
     __slots__ = (
