@@ -156,6 +156,18 @@ def test_parse_any_json_value(value: Any, pad: str) -> None:
         assert got is None
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"a":1}', '{"a":1} ', '{"a":1}\n\t', ' {"a":1}', '{"a":1}x', '{"a":1}{}', '{"a":1},',
+     '{"a":', '{"a":1', "{", "{}", '{"a":"\\x"}', '{"a":NaN}', '{"a":' + "9" * 5000 + "}",
+     "{" * 100_000, '{"a":1}\ufeff', "\ufeff{}", '{"a":[1,2,{"b":null}]}'],
+)  # fmt: skip
+def test_parse_agrees_with_json_loads_around_an_object(text: str) -> None:
+    """Text that starts like an object, with or without something after it, parses
+    exactly as `json.loads` reads it: trailing whitespace is fine, trailing data is not."""
+    assert canonical(shallow(probes.parse, text)) == canonical(reference_parse(text))
+
+
 def test_parse_large_object() -> None:
     """A ~1 MB JSON object parses (and a ~1 MB non-object, or truncated one, is just None)."""
     big = {"req_id": 7, "data": list(range(150_000)), "blob": "x" * 200_000}
