@@ -122,6 +122,10 @@ class DirectQueue(WebSocketDataQueue):
             return
         WebSocketDataQueue.feed_data(self, data, size)
 
+    def feed_loop(self, data: Any) -> None:
+        """Queue a message for the receive loop, past `take`."""
+        WebSocketDataQueue.feed_data(self, data, 0)
+
 
 def use_direct_queue() -> bool:
     """Make aiohttp's client give every new WebSocket a `DirectQueue`; idempotent. With no

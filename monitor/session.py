@@ -12,6 +12,7 @@ import random
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -265,13 +266,62 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
     raise ConnectFailed("auth", problem, time.perf_counter() - started)
 
 
+# What the receive loop leaves to the inbox while it waits: messages handled without an await.
+TAKEN = frozenset({WSMsgType.TEXT, WSMsgType.PONG, WSMsgType.BINARY})
+
+
+class Inbox:
+    """Messages taken as aiohttp parses them, handled together right after the loop's reads.
+
+    A reply's round trip ends at its read (`ReadStamp`). When several connections are
+    readable at once, the event loop reads them one after another; handling each reply
+    right in its read would push the reads (and stamps) of the others back by that work.
+    The inbox keeps the reads first: the first message of a turn schedules one callback
+    (`call_soon`), which handles everything taken by then, in order. It runs before any
+    task that a later message of the same connection wakes, since the loop runs callbacks
+    in the order they were scheduled, so each connection's messages keep their order.
+    """
+
+    __slots__ = ("items", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: list[tuple[Session, WSMessage, float]] = []
+        self.scheduled = False
+
+    def put(self, session: Session, msg: WSMessage, received: float) -> None:
+        self.items.append((session, msg, received))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        items = self.items
+        self.items = []
+        self.scheduled = False
+        for session, msg, received in items:
+            session.handle_taken(msg, received)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
+
+
+def inbox() -> Inbox:
+    """The running loop's inbox (made on first use)."""
+    loop = asyncio.get_running_loop()
+    found = _inboxes.get(loop)
+    if found is None:
+        found = _inboxes[loop] = Inbox(loop)
+    return found
+
+
 class Session:
     """An open connection: one receive loop, its probes (`ProbeRun`, on the loop's clock), and
     an honest account of how the connection ended."""
 
     __slots__ = (
-        "_closer", "_failure", "_local", "consecutive_timeouts", "correlator", "frames", "log", "m",
-        "pongs", "reads", "rng", "target", "ws",
+        "_closer", "_ended", "_failure", "_local", "consecutive_timeouts", "correlator", "frames",
+        "inbox", "log", "m", "pongs", "reads", "rng", "target", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -292,7 +342,9 @@ class Session:
         self.consecutive_timeouts = 0
         self._local: tuple[int, str] | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._failure: Exception | None = None  # raised while handling a message as parsed
+        self._failure: Exception | None = None  # raised while handling a taken message
+        self._ended = False
+        self.inbox: Inbox  # the running loop's, from `run`
         self.reads = ReadStamp.install(ws)
         self.frames = frame_writer(ws)  # None: every send goes through send_frame
 
@@ -309,9 +361,11 @@ class Session:
         ]
         if not runs:
             self.m.up.set(1)
+        self.inbox = inbox()
         try:
             ended = await self._receive_loop()
         finally:
+            self._ended = True
             for run in runs:
                 run.stop()
             await asyncio.gather(
@@ -392,19 +446,27 @@ class Session:
                 return self._ended_without_close_frame(msg.data)
 
     def _take(self, msg: WSMessage) -> bool:
-        """A message as aiohttp parses it, while the receive loop waits: handled here if it
-        needs no await (text, binary, pong), else left for the loop."""
-        reads = self.reads
-        try:
-            return self._handle(
-                msg.type, msg.data, reads.at if reads is not None else time.perf_counter()
-            )
-        except Exception as exc:
-            # Raised into aiohttp's parser, it would end the connection as if the network
-            # had failed. Queue the message instead: the loop wakes and raises it, as when
-            # it handles a message itself.
-            self._failure = exc
+        """A message as aiohttp parses it, while the receive loop waits: one that needs no
+        await (text, binary, pong) goes to the inbox, the others are left for the loop."""
+        if msg.type not in TAKEN:
             return False
+        reads = self.reads
+        self.inbox.put(self, msg, reads.at if reads is not None else time.perf_counter())
+        return True
+
+    def handle_taken(self, msg: WSMessage, received: float) -> None:
+        """The inbox's turn for a message `_take` took."""
+        if self._ended:
+            return  # as a message left in aiohttp's queue when the loop ended
+        try:
+            self._handle(msg.type, msg.data, received)
+        except Exception as exc:
+            # The receive loop raises it, as when it handles a message itself: queue the
+            # message for the loop, which wakes, finds the failure and raises it.
+            self._failure = exc
+            queue = direct_queue(self.ws)
+            if queue is not None:
+                queue.feed_loop(msg)
 
     def _handle(self, kind: WSMsgType, data: Any, received: float) -> bool:
         """Handle a message that needs no await; False for the others."""

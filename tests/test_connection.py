@@ -678,10 +678,42 @@ class TestAiohttpHooks:
 
         monkeypatch.setattr(session_mod.Session, "_on_text", broken)
         h = await start_daemon(
-            target("t", server.url, probes=[{**PING, "interval": "50ms", "timeout": "40ms"}])
+            target("t", server.url, probes=[{**PING, "interval": "1s", "timeout": "900ms"}])
         )
         task = h.daemon.supervisor.runners["t"]._task
         assert task is not None
         await h.wait_for(task.done)
         assert isinstance(task.exception(), RuntimeError)
+        # Raised at the first reply, not when its request timed out for want of a handler.
+        assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 0
         assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 0
+
+    async def test_replies_read_together_are_all_stamped_before_any_is_handled(
+        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+    ) -> None:
+        """Five targets send on the same 100 ms grid point (the interval is the grid's
+        step), so their replies (30 ms later) are read in the same turn of the loop.
+        Handling each takes 10 ms here; had a reply been handled in its read, each next
+        read would be stamped 10 ms later (round trips up to 70 ms). Every round trip reads
+        the server's 30 ms plus a little."""
+        server.reply_delay = 0.030
+        on_text = session_mod.Session._on_text
+
+        def slow(self: session_mod.Session, text: str, received: float) -> None:
+            time.sleep(0.010)
+            on_text(self, text, received)
+
+        probes = [{**PING, "interval": "100ms", "timeout": "90ms"}]
+        entries = [target(f"t{i}", server.url, probes=probes) for i in range(5)]
+        h = await start_daemon(*entries, send_alignment="100ms")
+        monkeypatch.setattr(session_mod.Session, "_on_text", slow)
+
+        def rtts(le: str | None = None) -> float:
+            name = "wsmon_probe_rtt_seconds_" + ("count" if le is None else "bucket")
+            extra = {} if le is None else {"le": le}
+            return sum(h.value(name, target=f"t{i}", probe="ping", **extra) for i in range(5))
+
+        await h.wait_for(lambda: rtts() >= 25, timeout=10)
+        await h.daemon.stop()
+        assert rtts("0.02") == 0
+        assert rtts("0.05") == rtts()
