@@ -1,11 +1,11 @@
 """Where wsmon reaches into aiohttp's WebSocket client: when a connection's bytes were read,
-replies handed to their probe as they are parsed, without waking the receive task, and
+replies taken from the connection as they are parsed, without waking its receive task, and
 requests written without a coroutine per send.
 
 Every hook is optional. Where an aiohttp release no longer has what they attach to, the
-daemon measures and dispatches through `ClientWebSocketResponse.receive()` alone, with the
-same results; `tests/test_connection.py` runs the receive-loop path explicitly and checks that
-the installed aiohttp takes the hooks.
+daemon receives through `ClientWebSocketResponse.receive()` and sends through `send_frame()`
+alone, with the same results; `tests/test_connection.py` runs the tests of round trips,
+replies and close codes both ways and checks that the installed aiohttp takes the hooks.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ class DirectQueue(WebSocketDataQueue):
     reply pays. While `take` is set (the receive loop sets it only while it waits, so the
     loop is not in the middle of another message) and nothing is queued ahead (so order is
     kept), `take` is offered the message first, right where it was parsed, at the moment
-    of the read. What it declines (close frames, the server's pings, errors) is queued as
+    of the read (the session puts what it takes in its inbox, handled after the reads of
+    that turn). What it declines (close frames, the server's pings, errors) is queued as
     before, for the loop.
 
     aiohttp's parser calls `feed_data` as a cpdef method, which a subclass overrides (its
