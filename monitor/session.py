@@ -12,7 +12,6 @@ import random
 import socket
 import ssl
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from aiohttp.connector import AddrInfoType
 from structlog.typing import FilteringBoundLogger
 
 from .aiohooks import ReadStamp, direct_queue, frame_writer, write_frame
-from .clock import Clock, clock, start_eagerly
+from .clock import Clock, Inbox, clock, start_eagerly
 from .config import ProbeConfig, TargetConfig, TCPConfig
 from .log import redact_url
 from .metrics import ProbeMetrics, TargetMetrics
@@ -270,51 +269,6 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
 TAKEN = frozenset({WSMsgType.TEXT, WSMsgType.PONG, WSMsgType.BINARY})
 
 
-class Inbox:
-    """Messages taken as aiohttp parses them, handled together right after the loop's reads.
-
-    A reply's round trip ends at its read (`ReadStamp`). When several connections are
-    readable at once, the event loop reads them one after another; handling each reply
-    right in its read would push the reads (and stamps) of the others back by that work.
-    The inbox keeps the reads first: the first message of a turn schedules one callback
-    (`call_soon`), which handles everything taken by then, in order. It runs before any
-    task that a later message of the same connection wakes, since the loop runs callbacks
-    in the order they were scheduled, so each connection's messages keep their order.
-    """
-
-    __slots__ = ("items", "loop", "scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list[tuple[Session, WSMessage, float]] = []
-        self.scheduled = False
-
-    def put(self, session: Session, msg: WSMessage, received: float) -> None:
-        self.items.append((session, msg, received))
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        items = self.items
-        self.items = []
-        self.scheduled = False
-        for session, msg, received in items:
-            session.handle_taken(msg, received)
-
-
-_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
-
-
-def inbox() -> Inbox:
-    """The running loop's inbox (made on first use)."""
-    loop = asyncio.get_running_loop()
-    found = _inboxes.get(loop)
-    if found is None:
-        found = _inboxes[loop] = Inbox(loop)
-    return found
-
-
 class Session:
     """An open connection: one receive loop, its probes (`ProbeRun`, on the loop's clock), and
     an honest account of how the connection ended."""
@@ -361,7 +315,7 @@ class Session:
         ]
         if not runs:
             self.m.up.set(1)
-        self.inbox = inbox()
+        self.inbox = clk.inbox
         try:
             ended = await self._receive_loop()
         finally:
