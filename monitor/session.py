@@ -537,8 +537,9 @@ class ProbeRun:
 
     No task per probe: the clock calls `fire()` at the scheduled time, which writes the
     request right there, and the request's own deadline on the same clock counts the
-    timeout when no reply came. The reply reaches `_reply` as aiohttp parses it (see
-    `Session._take`), without a task wake-up. The first send is jittered over one interval.
+    timeout when no reply came. The reply reaches `_reply` from the loop's inbox right after
+    its read (see `Session._take`), without a task wake-up. The first send is jittered over
+    one interval.
     """
 
     __slots__ = (
