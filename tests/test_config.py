@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from certs import make_pki
 
 from monitor import config
 from monitor.cli import main
+from monitor.config.sources import FastUniqueKeyLoader, UniqueKeyLoader
 
 CONFIGS = Path(__file__).parent / "configs"
 CASES = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
@@ -91,8 +93,8 @@ class TestValues:
         assert [p.name for p in b.probes] == ["f"]
 
     def test_targets_share_what_defaults_gave_them(self) -> None:
-        """Targets that take their probes from `defaults` share one probe list (memory at
-        10,000 targets); a target with its own probes keeps them; values are unaffected."""
+        """Targets that take their probes (or headers) from `defaults` share one list (memory
+        at 10,000 targets); a target with its own keeps them; values are unaffected."""
         cfg = config.loads(
             """
             defaults:
@@ -105,6 +107,7 @@ class TestValues:
         )
         a, b, c = cfg.targets
         assert a.probes is b.probes
+        assert a.headers is c.headers
         assert a.model_fields_set is b.model_fields_set
         assert [p.name for p in c.probes] == ["q"]
         assert (a.name, a.url, b.headers, c.headers) == ("a", "ws://h/a", {"X-A": "1"}, {})
@@ -159,6 +162,44 @@ class TestValues:
         assert err.value.problems == [
             "targets[0].reconnect.max_delay: must be >= initial_delay (5s < 10s)"
         ]
+
+    def test_sections_merge_key_by_key(self) -> None:
+        """A section a target sets (`auth` here) keeps the keys it leaves out from the
+        defaults' section; the target's section must still be valid on its own."""
+        doc = """
+            defaults: {auth: {send: {authorize: tok-1234}, expect: {msg_type: authorize}}}
+            targets: [{name: a, url: "ws://h/", auth: {%s}}]
+            """
+        (t,) = config.loads(doc % "send: {authorize: tok-5678}, timeout: 2s").targets
+        assert t.auth is not None
+        assert (t.auth.send, t.auth.expect, t.auth.timeout) == (
+            {"authorize": "tok-5678"},
+            {"msg_type": "authorize"},
+            2,
+        )
+        with pytest.raises(config.ConfigError) as err:
+            config.loads(doc % "timeout: 2s")
+        assert err.value.problems == ["targets[0].auth.send: required key is missing"]
+
+    def test_own_problems_before_merged_ones(self, tmp_path: Path) -> None:
+        """A target with problems of its own is reported for those alone; a default that does
+        not fit it (a client key for another certificate) is reported once they are fixed."""
+        pki = make_pki(tmp_path)
+        both = tmp_path / "server-both.pem"  # valid on its own: certificate and key
+        both.write_bytes(pki.server.cert.read_bytes() + pki.server.key.read_bytes())
+        doc = f"""
+            defaults: {{tls: {{cert_file: "{pki.client.cert}", key_file: "{pki.client.key}"}}}}
+            targets: [{{name: %s, url: "wss://h/", tls: {{cert_file: "{both}"}}}}]
+            """
+        with pytest.raises(config.ConfigError) as err:
+            config.loads(doc % "'a b'")
+        assert err.value.problems == [
+            "targets[0].name: invalid name 'a b': use letters, digits, '_', '.', '-'"
+        ]
+        with pytest.raises(config.ConfigError) as err:
+            config.loads(doc % "a")
+        (problem,) = err.value.problems
+        assert problem.startswith(f"targets[0].tls: cannot load cert_file '{both}' / key_file")
 
     def test_empty_file(self) -> None:
         """An empty file says that a target is needed."""
@@ -242,9 +283,7 @@ def test_send_alignment_defaults_to_off() -> None:
     assert config.loads("targets: [{name: a, url: 'ws://127.0.0.1:9/ws'}]\n").send_alignment == 0
 
 
-FAST_YAML = pytest.mark.skipif(
-    config._FastUniqueKeyLoader is None, reason="PyYAML built without libyaml"
-)
+FAST_YAML = pytest.mark.skipif(FastUniqueKeyLoader is None, reason="PyYAML built without libyaml")
 
 
 @FAST_YAML
@@ -260,9 +299,9 @@ def test_libyaml_loader_builds_what_the_python_loader_builds(text: str) -> None:
     """The fast loader is only a faster scanner and parser: the same objects come out."""
     import yaml
 
-    fast = config._FastUniqueKeyLoader
+    fast = FastUniqueKeyLoader
     assert fast is not None
-    assert yaml.load(text, Loader=fast) == yaml.load(text, Loader=config._UniqueKeyLoader)
+    assert yaml.load(text, Loader=fast) == yaml.load(text, Loader=UniqueKeyLoader)
 
 
 @FAST_YAML
@@ -270,7 +309,7 @@ def test_libyaml_loader_rejects_duplicate_keys_itself() -> None:
     """Duplicate keys are refused on the fast path too, not only by the fallback."""
     import yaml
 
-    fast = config._FastUniqueKeyLoader
+    fast = FastUniqueKeyLoader
     assert fast is not None
     with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'a'"):
         yaml.load("x: {a: 1, a: 2}\n", Loader=fast)

@@ -1,0 +1,49 @@
+"""Typed, validated configuration: load(path) -> Config, or ConfigError listing every problem.
+
+`model` holds the typed model, `sources` reads values (YAML, `${VAR}`, files), `loading`
+merges `defaults` into targets and reports problems by path.
+"""
+
+from .loading import ConfigError, load, loads
+from .model import (
+    DEFAULT_LISTEN,
+    MAX_SEND_ALIGNMENT,
+    AuthConfig,
+    Config,
+    Duration,
+    LogConfig,
+    Name,
+    ProbeConfig,
+    ReconnectConfig,
+    TargetConfig,
+    TargetSettings,
+    TCPConfig,
+    TLSConfig,
+    parse_duration,
+    parse_listen,
+)
+from .sources import MAX_CONFIG_BYTES, SECRET_WORDS, looks_secret
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "MAX_CONFIG_BYTES",
+    "MAX_SEND_ALIGNMENT",
+    "SECRET_WORDS",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "Duration",
+    "LogConfig",
+    "Name",
+    "ProbeConfig",
+    "ReconnectConfig",
+    "TCPConfig",
+    "TLSConfig",
+    "TargetConfig",
+    "TargetSettings",
+    "load",
+    "loads",
+    "looks_secret",
+    "parse_duration",
+    "parse_listen",
+]

@@ -1,0 +1,339 @@
+"""The typed configuration model: what each key means, its default and its checks.
+
+Values arrive here already read (see `sources`); `loading` merges `defaults` into each target
+and turns validation errors into `path: reason` lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_LISTEN = "127.0.0.1:9815"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+
+
+def parse_duration(value: Any, allow_zero: bool = False) -> float:
+    """Turn `250ms`, `5s`, `2m`, `1h` or a bare number of seconds into seconds (greater
+    than zero, or with `allow_zero` zero or more)."""
+    if isinstance(value, bool):
+        raise ValueError("invalid duration: expected e.g. 250ms, 5s, 2m, 1h")
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"invalid duration: {value} is too large") from None
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"invalid duration {value!r}: expected e.g. 250ms, 5s, 2m, 1h")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        least = "zero or more" if allow_zero else "greater than zero"
+        raise ValueError(f"invalid duration {value!r}: must be {least}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+# The longest `send_alignment`: a coarser grid would bunch sends into a few instants.
+MAX_SEND_ALIGNMENT = 1.0
+
+
+def _alignment(value: Any) -> float:
+    """A duration from 0 (off) to MAX_SEND_ALIGNMENT."""
+    seconds = parse_duration(value, allow_zero=True)
+    if seconds > MAX_SEND_ALIGNMENT:
+        raise ValueError(
+            f"{value!r} is too long: at most {MAX_SEND_ALIGNMENT:g}s (0 turns alignment off); "
+            "a coarser grid would send most probes in a few bursts"
+        )
+    return seconds
+
+
+def _check_name(v: str) -> str:
+    """Target and probe names become label values: keep them plain."""
+    if not _NAME_RE.match(v):
+        raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReconnectConfig(_Strict):
+    """Exponential backoff with full jitter between connection attempts."""
+
+    initial_delay: Duration = 1.0
+    max_delay: Duration = 60.0
+    multiplier: float = Field(default=2.0, ge=1.0)
+    # A connection must stay up this long before the backoff starts again from initial_delay.
+    reset_after: Duration = 30.0
+
+
+class ProbeConfig(_Strict):
+    """One periodic probe on a target's connection."""
+
+    name: Name
+    kind: Literal["message", "ws-ping"] = "message"
+    send: dict[str, Any] | None = Field(default=None, validate_default=True)
+    expect: dict[str, Any] | None = None
+    interval: Duration = 30.0
+    timeout: Duration = 5.0
+
+    @field_validator("send", "expect", mode="after")
+    @classmethod
+    def _json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _plain_json(v)
+
+    @field_validator("send")
+    @classmethod
+    def _send(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        kind = info.data.get("kind", "message")
+        if kind == "message" and not v:
+            raise ValueError("a message probe needs `send` (the JSON object to send)")
+        if kind == "ws-ping" and v is not None:
+            raise ValueError("a ws-ping probe sends a protocol ping frame and takes no `send`")
+        return v
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if info.data.get("kind") == "ws-ping" and v is not None:
+            raise ValueError("a ws-ping probe is answered by a pong frame and takes no `expect`")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float, info: ValidationInfo) -> float:
+        interval = info.data.get("interval")
+        if interval is not None and v >= interval:
+            raise ValueError(f"timeout ({v:g}s) must be shorter than interval ({interval:g}s)")
+        return v
+
+
+class TLSConfig(_Strict):
+    """TLS options of a wss:// target."""
+
+    ca_file: str | None = None  # PEM bundle to trust instead of the system store
+    insecure_skip_verify: bool = False  # no certificate or host name check (testing only)
+    server_name: str | None = None  # SNI and the name the certificate must carry
+    cert_file: str | None = None  # client certificate (PEM) for mutual TLS
+    key_file: str | None = None  # its private key; may be omitted when in cert_file
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not os.access(v, os.R_OK):
+            raise ValueError(f"cannot read file {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _loads(self) -> TLSConfig:
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file")
+        try:
+            ssl.create_default_context(cafile=self.ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"cannot load ca_file {self.ca_file!r}: {exc}") from None
+        try:
+            self.context()
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"cannot load cert_file {self.cert_file!r} / key_file {self.key_file!r}: {exc}"
+            ) from None
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """The client SSL context these options describe."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+class TCPConfig(_Strict):
+    """Socket options that find a vanished peer even when no probe is running."""
+
+    keepalive_idle: Duration = 30.0  # idle time before the first keepalive probe
+    keepalive_interval: Duration = 10.0  # between unanswered keepalive probes
+    keepalive_count: int = Field(default=3, ge=1, le=127)  # unanswered probes before reset
+    user_timeout: Duration = 60.0  # sent data unacknowledged this long fails the connection
+
+
+def _plain_json(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Reject what JSON cannot carry (dates, binary, sets, NaN, infinities)."""
+    if v is not None:
+        try:
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not plain JSON: {exc}") from None
+    return v
+
+
+def _default_probes() -> list[ProbeConfig]:
+    return [ProbeConfig(name="ping", send={"ping": 1}, expect={"msg_type": "ping"}, interval=30.0)]
+
+
+class AuthConfig(_Strict):
+    """A message sent right after connecting (Deriv: `{"authorize": TOKEN}`); its reply must
+    not be an error, and must match `expect`, before any probe starts."""
+
+    send: dict[str, Any]
+    expect: dict[str, Any] | None = None
+    timeout: Duration = 5.0
+
+    @field_validator("send")
+    @classmethod
+    def _send(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("the auth message must not be empty")
+        _plain_json(v)
+        return v
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _plain_json(v)
+
+
+class TargetSettings(_Strict):
+    """Keys that may be set in `defaults` and overridden per target."""
+
+    connect_timeout: Duration = 10.0
+    # Closing handshake wait before the TCP connection is dropped anyway.
+    close_timeout: Duration = 2.0
+    correlation_field: str | None = "req_id"
+    reconnect: ReconnectConfig = ReconnectConfig()
+    probes: list[ProbeConfig] = Field(default_factory=_default_probes)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # A YAML file of more headers (name: value), e.g. kept root-only; `headers` win.
+    headers_file: str | None = None
+    auth: AuthConfig | None = None
+    # Consecutive probe timeouts after which the connection is declared dead and closed.
+    dead_after_timeouts: int = Field(default=2, ge=1)
+    max_msg_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    tls: TLSConfig | None = None
+
+    @field_validator("probes")
+    @classmethod
+    def _unique_probes(cls, v: list[ProbeConfig]) -> list[ProbeConfig]:
+        seen: set[str] = set()
+        for p in v:
+            if p.name in seen:
+                raise ValueError(f"duplicate probe name {p.name!r}")
+            seen.add(p.name)
+        return v
+
+
+class TargetConfig(TargetSettings):
+    """One monitored WebSocket endpoint."""
+
+    name: Name
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"URL scheme must be ws or wss, not {parts.scheme or 'missing'!r}")
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        try:
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError:
+            raise ValueError("URL port must be a number from 1 to 65535") from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_needs_wss(self) -> TargetConfig:
+        if self.tls is not None and not self.url.startswith("wss:"):
+            raise ValueError("`tls` options need a wss:// URL")
+        return self
+
+
+class LogConfig(_Strict):
+    """How the daemon's own log lines look and which are written."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RawConfig(_Strict):
+    """The top-level keys except `targets`, which are validated one by one after it."""
+
+    listen: str = DEFAULT_LISTEN
+    log: LogConfig = LogConfig()
+    # Handshakes in flight at once, across all targets (protects against reconnect storms).
+    max_concurrent_handshakes: int = Field(default=50, ge=1)
+    # Probe sends start on a grid of about this step (0: anywhere), so that one wake-up of
+    # the daemon sends several; see `Clock.phase`.
+    send_alignment: Annotated[float, BeforeValidator(_alignment)] = 0.0
+    tcp: TCPConfig = TCPConfig()
+    # Prometheus exporter-toolkit web config: TLS and basic auth for the HTTP endpoints.
+    web_config_file: str | None = None
+    # Serve /healthz without authentication (for liveness checks that cannot authenticate).
+    public_healthz: bool = False
+    defaults: TargetSettings = TargetSettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, valid configuration; targets carry their defaults already merged in."""
+
+    listen: str
+    log: LogConfig
+    max_concurrent_handshakes: int
+    tcp: TCPConfig
+    targets: tuple[TargetConfig, ...]
+    # Strings that must never appear in logs or output (header values, credential parameters,
+    # values taken from the environment).
+    # Values shorter than 4 characters are left out: they would redact ordinary words in
+    # every log line (URLs and headers are still redacted structurally, see log.py).
+    secrets: frozenset[str]
+    source: str = ""
+    web_config_file: str | None = None
+    public_healthz: bool = False
+    send_alignment: float = 0.0
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 as `[::1]:9815`)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"invalid listen address {value!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
