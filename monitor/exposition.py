@@ -35,12 +35,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         response.headers["Content-Encoding"] = "gzip"
         compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     await response.prepare(request)
-    # Compressing a piece here holds the loop about 0.2 ms (64 KiB at level 1). Measured
-    # against a worker thread: waiting for the thread piece by piece made a scrape at
-    # 10,000 targets about 0.1 s slower (0.31 s of streaming, mostly waits), and keeping a
-    # few pieces ahead in the thread still left round trips measured during scrapes worse
-    # (RTT p99 +1.4 ms over the floor at 1,000 targets scraped every second; on the loop
-    # with these pieces and slices: +0.4 ms).
+    # Compressed here, piece by piece, rather than in a worker thread: waiting for a thread
+    # made scrapes slower and round trips measured during them worse (docs/performance.md).
     for piece in registry.pieces(PIECE_BYTES):
         if compressor is None:
             await response.write(piece)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterable
 
+from prometheus_client import GCCollector, PlatformCollector
+
 from . import __version__
-from .registry import Family, Item, Registry, Series
+from .families import Family, Item, Series
+from .process import ProcessCollector
+from .registry import Registry
 
 CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "auth", "other")
 PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
@@ -23,12 +27,19 @@ RTT_BUCKETS = (
 )  # fmt: skip
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+# `wsmon_build_info{receive_path}`: replies taken from aiohttp's parser by the guarded hooks
+# (monitor/aiohooks.py), or through aiohttp's public receive() / send_frame() only.
+RECEIVE_PATHS = ("hooked", "portable")
 
 
 class Metrics:
-    """The daemon's metric families; one instance per registry."""
+    """The daemon's metric families; one instance per registry.
 
-    def __init__(self, registry: Registry) -> None:
+    With `standard` (the default), the registry also gets the families every Prometheus
+    exporter has: `process_*`, `python_info`, `python_gc_*`. Tests that compare two
+    renderings byte for byte leave them out: CPU time moves between the two."""
+
+    def __init__(self, registry: Registry, *, standard: bool = True) -> None:
         self.registry = r = registry
         t = ("target",)
         tp = ("target", "probe")
@@ -147,9 +158,9 @@ class Metrics:
             "wsmon_build_info",
             "Always 1; labels tell the build.",
             "gauge",
-            ("version", "python"),
+            ("python", "receive_path", "version"),
         )
-        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.set_receive_path("portable")
         self.reload_ok = Family(
             r,
             "wsmon_config_last_reload_successful",
@@ -168,6 +179,18 @@ class Metrics:
             "1 if the latest read of the web config (TLS, basic auth) succeeded.",
             "gauge",
         )
+        if standard:
+            r.collectors.register(ProcessCollector())
+            PlatformCollector(registry=r.collectors)
+            GCCollector(registry=r.collectors)  # registers itself where gc has stats (CPython)
+
+    def set_receive_path(self, path: str) -> None:
+        """Leave one `wsmon_build_info` series, with `receive_path` = `path` ("hooked" or
+        "portable"): the daemon says which way replies reach their probes."""
+        if path not in RECEIVE_PATHS:
+            raise ValueError(f"receive_path must be one of {RECEIVE_PATHS}, not {path!r}")
+        self.build_info.remove()
+        self.build_info.labels(platform.python_version(), path, __version__).set(1)
 
     @property
     def web_reload_ok(self) -> Series:
