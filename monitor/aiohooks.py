@@ -1,37 +1,81 @@
-"""Where wsmon reaches into aiohttp's WebSocket client: when a connection's bytes were read,
-replies taken from the connection as they are parsed, without waking its receive task, and
-requests written without a coroutine per send.
+"""wsmon's reaches into names aiohttp and json do not export, each behind a guard.
 
-Every hook is optional. Where an aiohttp release no longer has what they attach to, the
-daemon receives through `ClientWebSocketResponse.receive()` and sends through `send_frame()`
-alone, with the same results; `tests/test_connection.py` runs the tests of round trips,
-replies and close codes both ways and checks that the installed aiohttp takes the hooks.
+None of these is needed for correct results: without them the daemon receives through
+`ClientWebSocketResponse.receive()`, sends through `send_frame()` and parses with
+`json.loads` (the portable path). They exist for truth of measurement (`ReadStamp`: a round
+trip ends when its reply is read, not when a task gets its turn) and for the CPU goals of
+docs/performance.md (`DirectQueue`, `write_frame`, `scan_once`). Each is looked up with
+`getattr`, so a release that renamed or dropped a name cannot stop start-up, and each is
+switched on only by `monitor.selftest`, which proves it on a loopback connection first.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import aiohttp.client
 from aiohttp import ClientWebSocketResponse
-from aiohttp._websocket.reader import WebSocketDataQueue
 
-# Called with each message the connection's parser produces while the receive loop waits
-# on an empty queue; True means it was handled and is not queued.
-Take = Callable[[Any], bool]
+# The aiohttp releases the suite runs against (pyproject.toml states the same range); outside
+# it every hook stays off, whatever the self-test would say.
+TESTED_AIOHTTP = ((3, 12), (3, 15))
+TESTED_AIOHTTP_TEXT = ">=3.12,<3.15"
+
+# Called with each message the connection's parser produces while the receive loop waits on
+# an empty queue; True means the message went to the inbox and is not queued.
+ToInbox = Callable[[Any], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """Which hooks the daemon's connections use (all off: the portable path)."""
+
+    stamp: bool = False  # ReadStamp: round trips end at the read
+    inbox: bool = False  # DirectQueue: replies handled without waking the receive task
+    writer: bool = False  # write_frame: requests written without a coroutine
+    scan: bool = False  # scan_once: one-object replies parsed without json.loads's layers
+
+    @property
+    def receive_path(self) -> str:
+        """`wsmon_build_info{receive_path}`: how replies reach their probe."""
+        return "hooked" if self.inbox else "portable"
+
+    def names(self) -> list[str]:
+        return [name for name in ("stamp", "inbox", "writer", "scan") if getattr(self, name)]
+
+
+PORTABLE = Hooks()
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """The leading release numbers of a version string (`4.0.0a2.dev0` -> (4, 0, 0))."""
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
+
+
+def aiohttp_tested(version: str | None = None) -> bool:
+    """True when the installed (or given) aiohttp is within TESTED_AIOHTTP."""
+    found = version_tuple(version if version is not None else aiohttp.__version__)
+    low, high = TESTED_AIOHTTP
+    return bool(found) and low <= found < high
+
+
+# --- ReadStamp -------------------------------------------------------------------------------
 
 
 class ReadStamp:
     """When bytes of one connection were last read from its socket (`time.perf_counter`).
 
-    A reply's round trip ends when its bytes are read, not when the receive loop's task
-    gets its turn: after a burst of readable sockets, or a slice of work such as a scrape,
-    the task may run a while later, and that wait is the monitor's, not the peer's.
-    aiohttp's protocol calls its data-received callback just before it parses what it
-    read; the stamp wraps that callback. A message is read no later than this stamp, and
-    the receive loop sees it no earlier, so the round trip it ends is never shortened.
+    aiohttp's protocol calls its data-received callback just before it parses what it read;
+    the stamp wraps that callback. A message is read no later than this stamp and the
+    receive loop sees it no earlier, so the round trip it ends is never shortened, and the
+    wait for the loop's turn (after a burst of readable sockets, or a scrape) is not counted.
     """
 
     __slots__ = ("at", "then")
@@ -47,10 +91,8 @@ class ReadStamp:
 
     @classmethod
     def install(cls, ws: ClientWebSocketResponse) -> ReadStamp | None:
-        """Wrap the connection's data-received callback; None where aiohttp has none (the
-        receive loop then takes the time itself)."""
-        conn = getattr(ws, "_conn", None)
-        proto = getattr(conn, "protocol", None)
+        """Wrap the connection's data-received callback; None where aiohttp has none."""
+        proto = getattr(getattr(ws, "_conn", None), "protocol", None)
         if proto is None or not hasattr(proto, "_data_received_cb"):
             return None
         stamp = cls(proto._data_received_cb)
@@ -58,16 +100,17 @@ class ReadStamp:
         return stamp
 
 
+# --- write_frame -----------------------------------------------------------------------------
+
 # The largest header of a client frame: 2 bytes, 8 of extended length and a 4-byte mask.
 MAX_HEADER = 14
+_WRITER_NEEDS = ("_write_websocket_frame", "_closing", "_output_size", "_limit", "compress")
 
 
 def frame_writer(ws: ClientWebSocketResponse) -> Any | None:
-    """aiohttp's frame writer of the connection, where `write_frame` can use it; else None
-    (every send then goes through `send_frame`)."""
+    """aiohttp's frame writer of the connection, where `write_frame` can use it; else None."""
     writer = getattr(ws, "_writer", None)
-    needs = ("_write_websocket_frame", "_closing", "_output_size", "_limit", "compress")
-    if writer is None or not all(hasattr(writer, name) for name in needs):
+    if writer is None or not all(hasattr(writer, name) for name in _WRITER_NEEDS):
         return None
     return writer
 
@@ -75,14 +118,12 @@ def frame_writer(ws: ClientWebSocketResponse) -> Any | None:
 def write_frame(writer: Any, payload: bytes, opcode: int) -> bool:
     """Write a frame at once, where aiohttp's own `send_frame` would too; True if written.
 
-    `send_frame` is a coroutine (an awaitable per send, driven by the caller) around a
-    plain method that builds, masks and writes the frame. For an uncompressed frame it
-    only awaits when its count of bytes written passes its limit and the socket buffer is
-    full. This calls that method directly whenever the frame leaves the count within the
-    limit, so nothing would have been awaited. Otherwise (and where `send_frame` would
-    compress the frame or refuse it while closing) it writes nothing and returns False:
-    the caller goes through `send_frame`, which also resets the count, as for every frame.
-    Raises what `send_frame` raises when the transport is closing.
+    `send_frame` is a coroutine around a plain method that builds, masks and writes the
+    frame; for an uncompressed frame it only awaits when its count of bytes written passes
+    its limit. This calls that method directly when the frame keeps the count within the
+    limit. Otherwise (or when `send_frame` would compress or refuse the frame) it writes
+    nothing and returns False, and the caller goes through `send_frame`, which also resets
+    the count. Raises what `send_frame` raises when the transport is closing.
     """
     if (
         writer.compress
@@ -94,55 +135,94 @@ def write_frame(writer: Any, payload: bytes, opcode: int) -> bool:
     return True
 
 
-class DirectQueue(WebSocketDataQueue):
-    """aiohttp's queue of parsed messages for one connection, with a way around it.
+# --- DirectQueue -----------------------------------------------------------------------------
 
-    Every message the parser produces goes through `feed_data`. The stock queue stores it
-    and resolves the future that the receive task awaits: one task wake-up per message,
-    the largest cost per round trip that the receive path has left, and one that every
-    reply pays. While `take` is set (the receive loop sets it only while it waits, so the
-    loop is not in the middle of another message) and nothing is queued ahead (so order is
-    kept), `take` is offered the message first, right where it was parsed, at the moment
-    of the read (the session puts what it takes in its inbox, handled after the reads of
-    that turn). What it declines (close frames, the server's pings, errors) is queued as
-    before, for the loop.
 
-    aiohttp's parser calls `feed_data` as a cpdef method, which a subclass overrides (its
-    Cython build looks the override up; the pure-Python build calls it plainly).
+def direct_queue_class(base: Any) -> type:
+    """A subclass of aiohttp's queue of parsed messages, with a way around it.
+
+    Every message the parser produces goes through `feed_data`; the stock queue stores it
+    and wakes the receive task, once per message. While `to_inbox` is set (only while the
+    receive loop waits) and nothing is queued ahead (so order is kept), it is offered the
+    message first, where it was parsed. What it declines (close frames, the server's pings,
+    errors) is queued for the loop as before. aiohttp's Cython parser calls `feed_data` as a
+    cpdef method, which honours a subclass's override.
     """
 
-    __slots__ = ("take",)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, *args, **kwargs)
+        self.to_inbox = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.take: Take | None = None
-
-    def feed_data(self, data: Any, size: int) -> None:
-        take = self.take
-        if take is not None and not self._buffer and take(data):
+    def feed_data(self: Any, data: Any, size: int) -> None:
+        to_inbox = self.to_inbox
+        if to_inbox is not None and not self._buffer and to_inbox(data):
             return
-        WebSocketDataQueue.feed_data(self, data, size)
+        base.feed_data(self, data, size)
 
-    def feed_loop(self, data: Any) -> None:
-        """Queue a message for the receive loop, past `take`."""
-        WebSocketDataQueue.feed_data(self, data, 0)
+    def feed_loop(self: Any, data: Any) -> None:
+        """Queue a message for the receive loop, past `to_inbox`."""
+        base.feed_data(self, data, 0)
 
-
-def use_direct_queue() -> bool:
-    """Make aiohttp's client give every new WebSocket a `DirectQueue`; idempotent. With no
-    `take` set, a `DirectQueue` behaves exactly as aiohttp's own, so other clients in the
-    process are not changed. False (and nothing changed) when the client module does not
-    build the queue this hook expects."""
-    built = getattr(aiohttp.client, "WebSocketDataQueue", None)
-    if built is DirectQueue:
-        return True
-    if built is not WebSocketDataQueue:
-        return False
-    setattr(aiohttp.client, "WebSocketDataQueue", DirectQueue)  # noqa: B010 - not exported
-    return True
+    namespace = {
+        "__slots__": ("to_inbox",),
+        "__init__": __init__,
+        "feed_data": feed_data,
+        "feed_loop": feed_loop,
+        "__doc__": direct_queue_class.__doc__,
+        "__module__": __name__,
+        "wsmon_direct": True,  # how `direct_queue` and `QueueHook` recognise it
+    }
+    return type("DirectQueue", (base,), namespace)
 
 
-def direct_queue(ws: ClientWebSocketResponse) -> DirectQueue | None:
+@dataclass(slots=True)
+class QueueHook:
+    """aiohttp's client module builds each connection's queue from a module-level name;
+    `install` points that name at a `DirectQueue` subclass of the class it found there.
+    Without `to_inbox` set, a `DirectQueue` behaves exactly as aiohttp's own, so other
+    clients in the process are not changed."""
+
+    original: type | None = None
+    direct: type | None = None
+
+    def install(self) -> str | None:
+        """Install the subclass; the reason it cannot be, or None."""
+        built = getattr(aiohttp.client, "WebSocketDataQueue", None)
+        if built is not None and getattr(built, "wsmon_direct", False):
+            self.original, self.direct = built.__mro__[1], built
+            return None
+        if not isinstance(built, type):
+            return "aiohttp.client builds no WebSocketDataQueue"
+        if not callable(getattr(built, "feed_data", None)) or not hasattr(built, "read"):
+            return "aiohttp's WebSocketDataQueue has no feed_data/read"
+        try:
+            direct = direct_queue_class(built)
+        except TypeError as exc:  # a final extension type, say
+            return f"cannot subclass aiohttp's WebSocketDataQueue: {exc}"
+        self.original, self.direct = built, direct
+        setattr(aiohttp.client, "WebSocketDataQueue", direct)  # noqa: B010 - not exported
+        return None
+
+    def uninstall(self) -> None:
+        """Give aiohttp its own class back (after a failed self-test)."""
+        if (
+            self.direct is not None
+            and getattr(aiohttp.client, "WebSocketDataQueue", None) is self.direct
+        ):
+            setattr(aiohttp.client, "WebSocketDataQueue", self.original)  # noqa: B010
+        self.direct = None
+
+
+def direct_queue(ws: ClientWebSocketResponse) -> Any | None:
     """The connection's `DirectQueue`, or None when aiohttp built its own."""
     queue = getattr(ws, "_reader", None)
-    return queue if isinstance(queue, DirectQueue) else None
+    return queue if getattr(type(queue), "wsmon_direct", False) else None
+
+
+# --- JSON --------------------------------------------------------------------------------------
+
+
+def json_scanner() -> Callable[[str, int], tuple[Any, int]] | None:
+    """The scanner `json.loads` runs (the default decoder's), or None where it has none."""
+    scan = getattr(json.JSONDecoder(), "scan_once", None)
+    return scan if callable(scan) else None

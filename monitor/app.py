@@ -12,15 +12,16 @@ import aiohttp
 from aiohttp import web
 
 from . import config as config_mod
-from .aiohooks import use_direct_queue
-from .clock import clock
+from . import selftest
+from .aiohooks import Hooks
 from .collector import FREEZE_EVERY, Collector
 from .config import Config, ConfigError, parse_listen
 from .exposition import build_app
+from .handshake import dns_timing, socket_factory
 from .log import Logging
 from .metrics import Metrics
 from .registry import Registry
-from .session import dns_timing, socket_factory
+from .session import Runtime
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .web import WebSecurity
@@ -45,6 +46,8 @@ class Daemon:
         notifier: Notifier | None = None,
         web_config_file: str | None = None,
         web_poll_interval: float = 2.0,
+        receive_path: str = "auto",
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.logging = logging
@@ -72,8 +75,13 @@ class Daemon:
             public_paths=public,
             poll_interval=web_poll_interval,
         )
+        # "portable": no hooks (monitor/aiohooks.py); "auto": the ones the self-test proves.
+        # `hooks` skips the self-test (tests decide once per process).
+        self.receive_path = receive_path
+        self.hooks = hooks
+        self.runtime: Runtime | None = None
         self._web_watch: asyncio.Task[None] | None = None
-        self._settle: asyncio.Task[None] | None = None
+        self._gc_task: asyncio.Task[None] | None = None
         self.collector = Collector(self.log)
         self._gc_wake = asyncio.Event()  # a reload restarts the gc schedule's ticks
 
@@ -85,7 +93,11 @@ class Daemon:
         self.web.load()
         if self.web.path is not None:
             self.metrics.web_reload_ok.set(1)
-        use_direct_queue()  # replies handled as they are parsed (monitor/aiohooks.py)
+        if self.hooks is None:
+            self.hooks = await selftest.decide(self.log, portable=self.receive_path == "portable")
+        self.metrics.set_receive_path(self.hooks.receive_path)
+        self.runtime = Runtime.on(asyncio.get_running_loop(), self.hooks)
+        self.runtime.clock.alignment = self.config.send_alignment
         self.http = aiohttp.ClientSession(
             # The default limit of 100 would silently stall the 101st WebSocket.
             connector=aiohttp.TCPConnector(
@@ -99,9 +111,13 @@ class Daemon:
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
         )
-        clock().alignment = self.config.send_alignment
         self.supervisor = Supervisor(
-            self.http, self.metrics, self.log, self.rng, stop_timeout=self.stop_timeout
+            self.http,
+            self.metrics,
+            self.log,
+            self.runtime,
+            self.rng,
+            stop_timeout=self.stop_timeout,
         )
         host, port = parse_listen(self.listen_override or self.config.listen)
         self._runner = web.AppRunner(
@@ -120,7 +136,7 @@ class Daemon:
         site = web.TCPSite(self._runner, host, port, ssl_context=self.web.server_ssl_context())
         await site.start()
         self._web_watch = asyncio.create_task(self._watch_web(), name="web-config-watch")
-        self._settle = asyncio.create_task(self._manage_gc(), name="gc-schedule")
+        self._gc_task = asyncio.create_task(self._manage_gc(), name="gc-schedule")
         sockets = self._runner.addresses
         self.port = int(sockets[0][1]) if sockets else port
         self.logging.redactor.secrets |= self.config.secrets
@@ -178,11 +194,12 @@ class Daemon:
                 self.log.error("config.reload_failed", source=exc.source, problems=exc.problems)
                 return False
         assert self.supervisor is not None
+        assert self.runtime is not None
         if self.web.path is not None:
             self.metrics.web_reload_ok.set(1 if self.web.reload() else 0)
         self.logging.redactor.secrets |= new.secrets
         self.logging.level.level = self.log_level_override or new.log.level
-        clock().alignment = new.send_alignment  # for connections opened from now on
+        self.runtime.clock.alignment = new.send_alignment  # for connections opened from now on
         changes = await self.supervisor.apply(new)
         # What the old targets held is collected in full once the new ones have settled.
         self.collector.unsettle()
@@ -227,7 +244,7 @@ class Daemon:
             return
         self._stopped = True
         self.notifier.stopping()
-        for task in (self._web_watch, self._settle):
+        for task in (self._web_watch, self._gc_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
             help="auto: uvloop when installed (pip install wsmon[speedups])",
         )
         cmd.add_argument(
+            "--receive-path",
+            choices=("auto", "portable"),
+            default="auto",
+            help="auto: aiohttp hooks that pass the start-up self-test; portable: none",
+        )
+        cmd.add_argument(
             "--web.config.file",
             dest="web_config_file",
             metavar="FILE",
@@ -82,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         notifier=Notifier(),
         web_config_file=args.web_config_file,
+        receive_path=args.receive_path,
     )
     return _serve(daemon, None, args.event_loop)
 
@@ -108,7 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .demo import run_demo
 
     return run_demo(
-        args.listen, args.log_format, args.log_level, args.web_config_file, args.event_loop
+        args.listen,
+        args.log_format,
+        args.log_level,
+        args.web_config_file,
+        args.event_loop,
+        args.receive_path,
     )
 
 

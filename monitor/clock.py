@@ -1,5 +1,4 @@
-"""Many deadlines on one event-loop timer, sends that do not need a task, and replies handled
-together after the reads of a turn (`Inbox`).
+"""Many deadlines on one event-loop timer, and sends that do not need a task.
 
 Every probe has two deadlines per round trip: when to send, and when to give up on the reply.
 With `asyncio.sleep` and `loop.call_later` each of them costs a future, a timer handle and a
@@ -16,7 +15,6 @@ import heapq
 import itertools
 import math
 import time
-import weakref
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
@@ -25,45 +23,6 @@ class Entry(Protocol):
     """What the clock calls at its deadline."""
 
     def fire(self) -> None: ...
-
-
-class Taker(Protocol):
-    """What the inbox hands a message back to (a session)."""
-
-    def handle_taken(self, msg: Any, received: float) -> None: ...
-
-
-class Inbox:
-    """Messages taken as aiohttp parses them, handled together right after the loop's reads.
-
-    A reply's round trip ends at its read (`ReadStamp`). When several connections are
-    readable at once, the event loop reads them one after another; handling each reply
-    right in its read would push the reads (and stamps) of the others back by that work.
-    The inbox keeps the reads first: the first message of a turn schedules one callback
-    (`call_soon`), which handles everything taken by then, in order. It runs before any
-    task that a later message of the same connection wakes, since the loop runs callbacks
-    in the order they were scheduled, so each connection's messages keep their order.
-    """
-
-    __slots__ = ("items", "loop", "scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list[tuple[Taker, Any, float]] = []
-        self.scheduled = False
-
-    def put(self, taker: Taker, msg: Any, received: float) -> None:
-        self.items.append((taker, msg, received))
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._drain)
-
-    def _drain(self) -> None:
-        items = self.items
-        self.items = []
-        self.scheduled = False
-        for taker, msg, received in items:
-            taker.handle_taken(msg, received)
 
 
 class Clock:
@@ -79,7 +38,6 @@ class Clock:
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed = math.inf
-        self.inbox = Inbox(loop)  # the loop's one inbox, with its one clock
         # The step of the grid that `phase` puts first sends on (0: no grid); the daemon
         # sets it from the config's `send_alignment`.
         self.alignment = 0.0
@@ -158,18 +116,6 @@ class Clock:
             self._armed = math.inf
             if heap:
                 self._arm(heap[0][0])
-
-
-_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clock] = weakref.WeakKeyDictionary()
-
-
-def clock() -> Clock:
-    """The running loop's clock (made on first use)."""
-    loop = asyncio.get_running_loop()
-    found = _clocks.get(loop)
-    if found is None:
-        found = _clocks[loop] = Clock(loop)
-    return found
 
 
 def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:

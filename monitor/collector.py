@@ -1,30 +1,25 @@
 """The garbage collector's schedule, for a daemon that holds thousands of connections.
 
-Each open connection keeps a few live objects that the cyclic garbage collector tracks and
-that are re-created for every message (aiohttp's receive wait: coroutines, a future, the
-message). They are freed by reference counting, never by the collector, yet a young
-collection walks every one created since the last: measured at 10,000 targets, young
-collections of 8,000-14,000 objects took 3-10 ms and a middle one of 52,000 took 68 ms,
-each holding the event loop and so every probe in flight.
+Each open connection keeps a few live objects that the cyclic collector tracks and that are
+re-created for every message (aiohttp's receive wait: coroutines, a future, the message).
+They are freed by reference counting, never by the collector, yet a young collection walks
+every one created since the last, holding the event loop and every probe in flight with it.
 
 So a daemon with FREEZE_FROM targets or more moves what exists into the collector's
-permanent generation four times a second (`gc.freeze()`, a constant-time list splice): a
-young collection then walks at most a quarter of a second's new objects. Frozen objects are
-still freed by reference counting as usual; what the freeze hides is cyclic garbage that
-forms after it (aiohttp leaves some when a connection ends). To bound that, a full
-collection (unfreeze, collect, freeze) runs once the daemon has settled (every target had
-its first attempt, a second ago, at start and after each reload) and again whenever the
-interpreter's allocated memory blocks have grown by a quarter since the last full
-collection, looked at every 10 seconds (`sys.getallocatedblocks()` costs well under a
-millisecond, while counting the frozen objects walks all of them). A daemon whose
-connections stay up rarely reaches that; one that churns through connections pays a full
-collection now and then.
+permanent generation every FREEZE_EVERY seconds (`gc.freeze()`, a constant-time splice): a
+young collection then walks at most that long's new objects. Frozen objects are still freed
+by reference counting; what the freeze hides is cyclic garbage that forms after it (aiohttp
+leaves some when a connection ends). To bound that, a full collection (unfreeze, collect,
+freeze) runs once the daemon has settled (every target had its first attempt, at start and
+after each reload) and again whenever the interpreter's allocated memory blocks have grown
+by GROWTH since the last full collection (`sys.getallocatedblocks()` is cheap; counting the
+frozen objects would walk all of them).
 
 Smaller daemons keep CPython's own schedule, where their young collections stay short, and
 freeze only once, when settled, after a full collection; then their ticks stop until a
-reload changes the targets (`idle`). There the growth rule would cost more than it saves:
-a 3-target daemon reconnecting 250 times a second (`bench.soak`) grew by 14 % before its
-memory levelled off, against 0.2-0.3 % on CPython's schedule.
+reload changes the targets (`idle`). There the growth rule would cost more than it saves (a
+small daemon that reconnects all the time grows, then levels off, on CPython's schedule).
+docs/performance.md has the measurements behind these choices.
 """
 
 from __future__ import annotations

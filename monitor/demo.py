@@ -46,14 +46,18 @@ def demo_config(api_url: str, listen: str = DEFAULT_LISTEN) -> config_mod.Config
 
 
 async def _demo(
-    listen: str | None, log_format: str | None, log_level: str | None, web_config: str | None
+    listen: str | None,
+    log_format: str | None,
+    log_level: str | None,
+    web_config: str | None,
+    receive_path: str,
 ) -> int:
     logging = Logging(log_format or "auto", log_level or "info")
     api = DemoAPI(mean_lifetime=60.0, log=logging.logger.bind(component="demo-api"))
     await api.start()
     try:
         cfg = demo_config(api.url, listen or DEFAULT_LISTEN)
-        daemon = Daemon(cfg, logging, web_config_file=web_config)
+        daemon = Daemon(cfg, logging, web_config_file=web_config, receive_path=receive_path)
         return await serve(daemon, ANNOUNCE.format(api_url=api.url))
     finally:
         await api.stop()
@@ -65,10 +69,12 @@ def run_demo(
     log_level: str | None,
     web_config: str | None = None,
     event_loop: str = "auto",
+    receive_path: str = "auto",
 ) -> int:
     """Run the simulated API and the daemon in one process until Ctrl-C or SIGTERM."""
     try:
-        return speedups.run(_demo(listen, log_format, log_level, web_config), event_loop)
+        demo = _demo(listen, log_format, log_level, web_config, receive_path)
+        return speedups.run(demo, event_loop)
     except WebConfigError as exc:
         print(f"wsmon demo: bad web config {exc.source}: " + "; ".join(exc.problems))
         return 1

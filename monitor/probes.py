@@ -1,152 +1,34 @@
-"""Message and ws-ping probes: correlation of replies, timing, and checking what came back."""
+"""Message and ws-ping probes on an open connection: when to send, what to send, and what
+each request came to (a good reply, a wrong one, a timeout, a failed send), in metrics and
+log events."""
 
 from __future__ import annotations
 
-import collections
-import contextlib
+import asyncio
+import functools
 import json
 import math
-import struct
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
+from aiohttp import WSMsgType
+
+from .aiohooks import write_frame
+from .clock import start_eagerly
 from .config import ProbeConfig
+from .correlation import Correlator, Pending, PongWaiters, Reply
+from .families import Series
+from .replies import judge, server_time_offset
 
-Outcome = Literal["ok", "api_error", "unexpected_reply", "invalid_json"]
+if TYPE_CHECKING:
+    from .session import Session
 
-
-@dataclass(slots=True)
-class Reply:
-    """What the session hands to a waiting probe."""
-
-    received_at: float  # time.perf_counter() when the message was taken off the socket
-    message: dict[str, Any] | None  # None: the text was not a JSON object
-    raw: str = ""
-
-
-@dataclass(slots=True, eq=False)
-class Pending:
-    """A request waiting for its reply: the session hands the reply to `on_reply`
-    directly (no task to wake); if none came by its deadline, the clock calls `fire()`,
-    which hands it to `on_timeout`. Whichever comes first marks it `done`; `timer` is the
-    deadline's number on the clock, which `on_reply` cancels."""
-
-    key: Any
-    # Called as on_reply(pending, reply) and on_timeout(pending). Taking the pending as an
-    # argument (not closing over it) lets one bound method serve every request of a probe.
-    on_reply: Callable[[Pending, Reply], None]
-    on_timeout: Callable[[Pending], None] | None = None
-    sent_at: float = 0.0  # time.perf_counter()
-    sent_wall: float = 0.0  # time.time()
-    done: bool = False  # answered (possibly before the send call even returned) or expired
-    timer: int | None = None
-
-    def answer(self, reply: Reply) -> None:
-        self.done = True
-        self.on_reply(self, reply)
-
-    def fire(self) -> None:
-        """The deadline passed without a reply (the clock skips a pending that is done)."""
-        self.done = True
-        if self.on_timeout is not None:
-            self.on_timeout(self)
-
-
-_NO_QUEUE: collections.deque[Any] = collections.deque(maxlen=0)  # shared, always empty
-
-
-class Correlator:
-    """Matches replies to the message probes waiting for them on one connection.
-
-    With a correlation field (`req_id`), every request carries a fresh integer and a reply is
-    matched only by that integer, so a stray, late or duplicate reply never completes the
-    wrong probe. Without one, replies are matched to the oldest waiting request, in order.
-    """
-
-    __slots__ = ("_by_id", "_in_order", "_next", "field")
-
-    def __init__(self, field_name: str | None) -> None:
-        self.field = field_name
-        self._next = 0
-        self._by_id: dict[int, Pending] = {}
-        # Only correlation by order uses the queue (a deque costs some 600 bytes).
-        self._in_order: collections.deque[Pending] = (
-            collections.deque() if field_name is None else _NO_QUEUE
-        )
-
-    def next_id(self) -> int:
-        self._next += 1
-        return self._next
-
-    def register(self, pending: Pending) -> None:
-        if self.field is None:
-            self._in_order.append(pending)
-        else:
-            self._by_id[pending.key] = pending
-
-    def forget(self, pending: Pending) -> None:
-        if self.field is None:
-            with contextlib.suppress(ValueError):
-                self._in_order.remove(pending)
-        else:
-            self._by_id.pop(pending.key, None)
-
-    def match(self, message: dict[str, Any] | None) -> Pending | str:
-        """The waiting probe this message answers, or the reason it answers none."""
-        if self.field is None:
-            if not self._in_order:
-                return "unknown_id"
-            return self._in_order.popleft()
-        if message is None:
-            return "invalid_json"
-        key = message.get(self.field)
-        # bool is an int subclass; `true` must not match request 1.
-        if not isinstance(key, int) or isinstance(key, bool):
-            return "missing_id"
-        pending = self._by_id.pop(key, None)
-        return "unknown_id" if pending is None else pending
-
-    @property
-    def waiting(self) -> int:
-        return len(self._by_id) + len(self._in_order)
-
-    def drain(self) -> Iterator[Pending]:
-        """Every waiting request, forgotten (the connection is over)."""
-        yield from self._by_id.values()
-        yield from self._in_order
-        self._by_id = {}
-        if self.field is None:
-            self._in_order = collections.deque()
-
-
-class PongWaiters:
-    """Matches pong frames to ws-ping probes by their 8-byte payload."""
-
-    __slots__ = ("_next", "_waiting")
-
-    def __init__(self) -> None:
-        self._next = 0
-        self._waiting: dict[bytes, Pending] = {}
-
-    def next_payload(self) -> bytes:
-        self._next += 1
-        return struct.pack(">Q", self._next)
-
-    def register(self, pending: Pending) -> None:
-        self._waiting[pending.key] = pending
-
-    def forget(self, pending: Pending) -> None:
-        self._waiting.pop(pending.key, None)
-
-    def match(self, payload: bytes) -> Pending | None:
-        # Unknown payloads are unsolicited pongs, which RFC 6455 allows as a heartbeat.
-        return self._waiting.pop(payload, None)
-
-    def drain(self) -> Iterator[Pending]:
-        yield from self._waiting.values()
-        self._waiting = {}
+# What a failed send raises: the connection is going away (its receive loop says how).
+SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
+# What the monitor sends when it gives up on a connection whose probes go unanswered.
+DEAD_CODE = 1011
 
 
 def build_message(probe: ProbeConfig, correlation_field: str | None, req_id: int) -> str:
@@ -169,104 +51,222 @@ def message_template(send: dict[str, Any], correlation_field: str | None) -> Cal
     return lambda req_id: f"{head}{req_id}}}"
 
 
-# The scanner `json.loads` runs (its default decoder's), without the layers around it. The
-# decoder makes it in __init__, where the type stubs do not see it.
-_decoder: Any = json.JSONDecoder()
-_scan_once: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once
+class Liveness:
+    """What the probes of one connection say together: `wsmon_up`, and the rule that closes
+    a connection whose probes time out `dead_after` times in a row (a wrong reply proves the
+    peer alive and starts the count again)."""
+
+    __slots__ = ("close", "consecutive_timeouts", "dead_after", "up")
+
+    def __init__(self, up: Series, dead_after: int, close: Callable[[int, str], None]) -> None:
+        self.up = up
+        self.dead_after = dead_after
+        self.close = close
+        self.consecutive_timeouts = 0
+
+    def answered(self) -> None:
+        self.consecutive_timeouts = 0
+        self.up.set(1)
+
+    def wrong(self) -> None:
+        self.consecutive_timeouts = 0
+        self.up.set(0)
+
+    def unsent(self) -> None:
+        self.up.set(0)
+
+    def timed_out(self) -> int:
+        """Count a timeout; close the connection when it is the last straw."""
+        self.up.set(0)
+        self.consecutive_timeouts += 1
+        if self.consecutive_timeouts >= self.dead_after:
+            self.close(DEAD_CODE, "probe timeout")
+        return self.consecutive_timeouts
 
 
-def parse(text: str) -> dict[str, Any] | None:
-    """The JSON object in a text frame, or None when it is not one; exactly what `json.loads`
-    reads. A reply that is one object with nothing around it (nearly every reply) is
-    scanned directly; anything else goes through `json.loads`, which decides."""
-    if text[:1] == "{":
-        try:
-            value, end = _scan_once(text, 0)
-        except (StopIteration, ValueError, RecursionError):  # what json.loads fails on too
-            return None
-        if end == len(text):
-            return value  # type: ignore[no-any-return]
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        return None
-    return value if isinstance(value, dict) else None
+def round_trip(pending: Pending, reply: Reply) -> float:
+    """From the send to the read of the reply. A message read before the request went out
+    (matched in order, without a correlation field) ends the round trip when it is handled
+    instead, as if no read stamp existed."""
+    rtt = reply.received_at - pending.sent_at
+    return rtt if rtt >= 0.0 else time.perf_counter() - pending.sent_at
 
 
-_SCALARS = (str, int, float)
+class ProbeRun:
+    """One probe on one open connection: its sends, on the daemon's clock, and what becomes
+    of each request.
 
-
-def subset(expected: Any, actual: Any) -> bool:
-    """True when every key of `expected` is in `actual` with a matching value, recursively."""
-    if isinstance(expected, dict):
-        if not isinstance(actual, dict):
-            return False
-        for k, v in expected.items():
-            if k not in actual:
-                return False
-            a = actual[k]
-            # Fast path for the usual `{msg_type: ping}`: plain strings and numbers (bool
-            # has its own type, so `true` never equals 1 here).
-            if type(v) in _SCALARS and type(a) in _SCALARS:
-                if v != a:
-                    return False
-            elif not subset(v, a):
-                return False
-        return True
-    if isinstance(expected, list):
-        return (
-            isinstance(actual, list)
-            and len(expected) == len(actual)
-            and all(subset(e, a) for e, a in zip(expected, actual, strict=True))
-        )
-    # 1 and 1.0 are the same JSON number, but `true` is not the number 1.
-    return bool(expected == actual) and isinstance(expected, bool) == isinstance(actual, bool)
-
-
-def judge(probe: ProbeConfig, reply: Reply) -> tuple[Outcome, str]:
-    """Classify a matched reply: ok, or the error reason and a short detail for the log."""
-    msg = reply.message
-    if msg is None:
-        return "invalid_json", "reply is not a JSON object"
-    error = msg.get("error")
-    if isinstance(error, dict):
-        return "api_error", str(error.get("code") or error.get("message") or "error")
-    if probe.expect is not None and not subset(probe.expect, msg):
-        return "unexpected_reply", "reply does not match `expect`"
-    return "ok", ""
-
-
-def judge_auth(expect: dict[str, Any] | None, msg: dict[str, Any] | None) -> tuple[str, str]:
-    """Classify the reply to an auth message; the detail never repeats what was sent."""
-    if msg is None:
-        return "invalid_json", "reply is not a JSON object"
-    error = msg.get("error")
-    if isinstance(error, dict):
-        return "api_error", str(error.get("code") or "error")
-    if expect is not None and not subset(expect, msg):
-        return "unexpected_reply", "reply does not match `expect`"
-    return "ok", ""
-
-
-def server_time_offset(msg: dict[str, Any], sent_wall: float, rtt: float) -> float | None:
-    """Server clock minus ours, if the reply carries a `time` epoch (seconds).
-
-    The server read its clock somewhere in the round trip; the midpoint is the best guess.
+    No task per probe: the clock calls `fire()` at the scheduled time, which writes the
+    request right there, and the request's own deadline on the same clock counts the timeout
+    when no reply came. The session hands the reply to `_reply` (or `_pong`) as it handles
+    the message. The first send is jittered over one interval by the session.
     """
-    raw = msg.get("time")
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        return None
-    try:
-        value = float(raw)
-    except OverflowError:  # an integer beyond any float
-        return None
-    if not math.isfinite(value) or value < 1e9:  # not an epoch (e.g. the `{"time": 1}` echo)
-        return None
-    if value >= 1e11:  # milliseconds: seconds will not reach 1e11 before the year 5000
-        value = value / 1000.0
-    return float(value) - (sent_wall + rtt / 2)
 
+    __slots__ = (
+        "build", "clock", "due", "liveness", "log", "pm", "probe", "send_lag", "sending",
+        "session", "target", "timer", "waiters",
+    )  # fmt: skip
 
-def now() -> tuple[float, float]:
-    """(monotonic, wall) clocks read together."""
-    return time.perf_counter(), time.time()
+    def __init__(
+        self, session: Session, probe: ProbeConfig, liveness: Liveness, first_due: float
+    ) -> None:
+        self.session = session
+        self.probe = probe
+        self.target = session.target.name
+        self.liveness = liveness
+        self.log = session.log
+        self.pm = session.m.probes[probe.name]
+        self.send_lag = session.m.send_lag
+        self.clock = session.runtime.clock
+        self.waiters: Correlator | PongWaiters
+        if probe.kind == "message":
+            self.build: Callable[[int], str] | None = message_template(
+                probe.send or {}, session.target.correlation_field
+            )
+            self.waiters = session.correlator
+        else:
+            self.build = None
+            self.waiters = session.pongs
+        self.sending: asyncio.Task[None] | None = None  # a send waiting for the socket buffer
+        self.due = first_due
+        self.timer = self.clock.call_at(first_due, self)
+
+    def stop(self) -> None:
+        """The connection is over: no more sends."""
+        self.clock.cancel(self.timer)
+        if self.sending is not None:
+            self.sending.cancel()
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def fire(self) -> None:
+        """Send now and schedule the next send; a loop that stalled past a whole interval
+        skips ahead by whole intervals rather than bursting (the phase is kept). While an
+        earlier send still waits for room in the socket buffer (a peer that stopped
+        reading), no new request is added behind it."""
+        clock = self.clock
+        now = clock.time()
+        due = self.due
+        self.send_lag.observe(max(0.0, now - due))
+        interval = self.probe.interval
+        due += interval
+        if due < now:  # whole intervals later, on the same phase, at least one from now
+            due += math.ceil((now - due) / interval + 1.0) * interval
+        self.due = due
+        self.timer = clock.call_at(due, self)
+        if self.sending is None:
+            self._send(now + self.probe.timeout)
+
+    def _send(self, deadline: float) -> None:
+        session = self.session
+        pending: Pending
+        # The pending holds bound methods of this run (the run holds no pending): no
+        # reference cycle, so everything is freed by reference counting.
+        if self.build is not None:
+            req_id = session.correlator.next_id()
+            pending = Pending(req_id, self._reply, self._timed_out)
+            payload = self.build(req_id).encode()
+            opcode = WSMsgType.TEXT
+        else:
+            payload = session.pongs.next_payload()
+            pending = Pending(payload, self._pong, self._timed_out)
+            opcode = WSMsgType.PING
+        # Register first: the reply can arrive before the send call returns.
+        self.waiters.register(pending)
+        pending.sent_wall = time.time()
+        pending.sent_at = time.perf_counter()  # the clock starts right before the write
+        writer = session.writer
+        try:
+            if writer is not None and write_frame(writer, payload, opcode):
+                rest = None
+            else:
+                rest = start_eagerly(session.ws.send_frame(payload, opcode))
+        except SEND_ERRORS as exc:
+            self._failed(pending, exc)
+            return
+        if rest is None:
+            self._sent(pending, deadline)
+        else:
+            self.sending = rest
+            rest.add_done_callback(functools.partial(self._sent_later, pending, deadline))
+
+    def _sent(self, pending: Pending, deadline: float) -> None:
+        self.pm.sent.inc()
+        if not pending.done:
+            pending.timer = self.clock.call_at(deadline, pending)
+
+    def _sent_later(self, pending: Pending, deadline: float, task: asyncio.Task[None]) -> None:
+        self.sending = None
+        if task.cancelled():
+            self.waiters.forget(pending)
+            return
+        exc = task.exception()
+        if exc is None:
+            self._sent(pending, deadline)
+        elif isinstance(exc, SEND_ERRORS):
+            self._failed(pending, exc)
+        else:
+            self.waiters.forget(pending)
+            raise exc
+
+    # --- outcomes --------------------------------------------------------------------------
+
+    def _failed(self, pending: Pending, exc: BaseException) -> None:
+        pending.done = True
+        self.waiters.forget(pending)
+        self.pm.errors["send_failed"].inc()
+        self.liveness.unsent()
+        self.log.warning(
+            "probe.error",
+            target=self.target,
+            probe=self.probe.name,
+            reason="send_failed",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    def _reply(self, pending: Pending, reply: Reply) -> None:
+        if pending.timer is not None:
+            self.clock.cancel(pending.timer)
+        rtt = round_trip(pending, reply)
+        outcome, detail = judge(self.probe, reply.message)
+        if outcome != "ok":
+            self.pm.errors[outcome].inc()
+            self.liveness.wrong()
+            self.log.warning(
+                "probe.error",
+                target=self.target,
+                probe=self.probe.name,
+                reason=outcome,
+                error=detail,
+                rtt_ms=round(rtt * 1000, 3),
+            )
+            return
+        assert reply.message is not None
+        offset = server_time_offset(reply.message, pending.sent_wall, rtt)
+        if offset is not None:
+            self.session.m.set_time_offset(offset)
+        self._answered(rtt)
+
+    def _pong(self, pending: Pending, reply: Reply) -> None:
+        if pending.timer is not None:
+            self.clock.cancel(pending.timer)
+        self._answered(round_trip(pending, reply))
+
+    def _answered(self, rtt: float) -> None:
+        pm = self.pm
+        pm.rtt.observe(rtt)
+        pm.last_rtt.set(rtt)
+        pm.last_success.set(time.time())
+        self.liveness.answered()
+
+    def _timed_out(self, pending: Pending) -> None:
+        self.waiters.forget(pending)
+        self.pm.timeouts.inc()
+        consecutive = self.liveness.timed_out()
+        self.log.warning(
+            "probe.timeout",
+            target=self.target,
+            probe=self.probe.name,
+            timeout_s=self.probe.timeout,
+            consecutive=consecutive,
+        )

@@ -2,7 +2,7 @@
 the same without it; bench/RESULTS.md shows what it buys.
 
 (orjson was measured too and left out: it reads integers beyond 64 bits as floats, so replies
-would not be judged exactly as the json module judges them, for about 1 us per reply.)"""
+would not be judged exactly as the json module judges them.)"""
 
 from __future__ import annotations
 

@@ -5,34 +5,43 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 from structlog.typing import FilteringBoundLogger
 
 from .backoff import Delay, full_jitter
 from .config import Config, TargetConfig
+from .handshake import ConnectFailed, authenticate, connect, safe_url, tls_context
 from .metrics import Metrics
-from .session import (
-    ConnectFailed,
-    Disconnect,
-    Session,
-    authenticate,
-    connect,
-    safe_url,
-    tls_context,
-)
+from .session import INTERNAL_ERROR, Disconnect, Runtime, Session
 
 # Close codes by which a server asks clients to come back later, not at once.
 TRY_AGAIN_LATER = frozenset({1012, 1013})
+
+
+class HandshakeLimit:
+    """Handshakes in flight at once, across all targets. A reload that changes the limit
+    replaces the semaphore; handshakes already holding a slot of the old one finish under it."""
+
+    __slots__ = ("limit", "semaphore")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.semaphore = asyncio.Semaphore(limit)
+
+    def resize(self, limit: int) -> None:
+        if limit != self.limit:
+            self.limit = limit
+            self.semaphore = asyncio.Semaphore(limit)
 
 
 class TargetRunner:
     """Keeps one target connected: connect, serve, record how it ended, back off, repeat."""
 
     __slots__ = (
-        "_session", "_stop_code", "_task", "attempted", "http", "log", "m", "rng", "slots",
-        "target", "tls",
+        "_session", "_stop_code", "_task", "attempted", "handshakes", "http", "log", "m", "rng",
+        "runtime", "target", "tls",
     )  # fmt: skip
 
     def __init__(
@@ -41,20 +50,27 @@ class TargetRunner:
         http: aiohttp.ClientSession,
         metrics: Metrics,
         log: FilteringBoundLogger,
-        slots: Callable[[], asyncio.Semaphore],
+        handshakes: HandshakeLimit,
+        runtime: Runtime,
         rng: random.Random | None = None,
     ) -> None:
         self.target = target
         self.http = http
         self.m = metrics.for_target(target.name, ((p.name, p.kind) for p in target.probes))
         self.log = log
-        self.slots = slots
+        self.handshakes = handshakes
+        self.runtime = runtime
         self.rng = rng or random.Random()
         self.tls = tls_context(target)
         self.attempted = False  # the first handshake attempt has finished
         self._session: Session | None = None
         self._stop_code: int | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def session(self) -> Session | None:
+        """The open connection's session, if there is one."""
+        return self._session
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"target:{self.target.name}")
@@ -86,9 +102,9 @@ class TargetRunner:
             while True:
                 m.connect_attempts.inc()
                 try:
-                    ws, duration = await connect(self.http, t, self.slots(), self.tls)
+                    ws, duration = await connect(self.http, t, self.handshakes.semaphore, self.tls)
                     if t.auth is not None:
-                        await authenticate(ws, t, m)
+                        await authenticate(ws, t, m, self.runtime.parse)
                 except ConnectFailed as exc:
                     self.attempted = True
                     m.connect_failures[exc.reason].inc()
@@ -118,10 +134,14 @@ class TargetRunner:
                     url=safe_url(t),
                     duration_ms=round(duration * 1e3, 3),
                 )
-                session = Session(t, ws, m, self.log, self.rng)
+                session = Session(t, ws, m, self.log, self.runtime, self.rng)
                 self._session = session
                 try:
                     ended = await session.run()
+                except Exception as exc:  # a bug must not end the monitoring of this target
+                    error = f"{type(exc).__name__}: {exc}"
+                    self.log.error("session.failed", target=t.name, error=error, exc_info=exc)
+                    ended = Disconnect(INTERNAL_ERROR, "local", f"internal error: {error}")
                 finally:
                     self._session = None
                     m.connected.set(0)
@@ -182,19 +202,18 @@ class Supervisor:
         http: aiohttp.ClientSession,
         metrics: Metrics,
         log: FilteringBoundLogger,
+        runtime: Runtime,
         rng: random.Random | None = None,
         stop_timeout: float = 4.0,
     ) -> None:
         self.http = http
         self.metrics = metrics
         self.log = log
+        self.runtime = runtime
         self.rng = rng or random.Random()
         self.stop_timeout = stop_timeout
         self.runners: dict[str, TargetRunner] = {}
-        self._slots = asyncio.Semaphore(50)
-        self._slot_limit = 50
-        # One callable shared by every runner (a closure each would cost memory per target).
-        self._current_slots: Callable[[], asyncio.Semaphore] = lambda: self._slots
+        self.handshakes = HandshakeLimit(50)
 
     @property
     def ready(self) -> bool:
@@ -206,10 +225,7 @@ class Supervisor:
 
     async def apply(self, config: Config) -> dict[str, list[str]]:
         """Make the running targets match `config`; unchanged targets keep their connection."""
-        if config.max_concurrent_handshakes != self._slot_limit:
-            # Handshakes already holding a slot of the old semaphore finish under it.
-            self._slots = asyncio.Semaphore(config.max_concurrent_handshakes)
-            self._slot_limit = config.max_concurrent_handshakes
+        self.handshakes.resize(config.max_concurrent_handshakes)
         wanted = {t.name: t for t in config.targets}
         removed = [n for n in self.runners if n not in wanted]
         changed = [
@@ -230,7 +246,13 @@ class Supervisor:
                 self.metrics.remove_probe(name, probe)
         for name in changed + added:
             runner = TargetRunner(
-                wanted[name], self.http, self.metrics, self.log, self._current_slots, self.rng
+                wanted[name],
+                self.http,
+                self.metrics,
+                self.log,
+                self.handshakes,
+                self.runtime,
+                self.rng,
             )
             self.runners[name] = runner
             runner.start()

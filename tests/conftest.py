@@ -7,6 +7,7 @@ import io
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp.client
@@ -17,9 +18,13 @@ from prometheus_client import CollectorRegistry
 from wsserver import WSTestServer
 
 from monitor import config as config_mod
-from monitor import session as session_mod
+from monitor import selftest
+from monitor.aiohooks import PORTABLE, Hooks
 from monitor.app import Daemon
 from monitor.log import Logging
+
+# aiohttp's own queue class, before the self-test points aiohttp.client at a subclass.
+STOCK_QUEUE = WebSocketDataQueue
 
 
 class Harness:
@@ -79,32 +84,65 @@ def target(name: str, url: str, **extra: Any) -> dict[str, Any]:
 StartDaemon = Callable[..., Awaitable[Harness]]
 
 
-class ForeignQueue(WebSocketDataQueue):
-    """Stands for a queue class of an aiohttp release that `use_direct_queue` does not know."""
+@pytest.fixture(scope="session")
+def proven_hooks() -> Hooks:
+    """The hooks the start-up self-test allows on the installed aiohttp, decided once per
+    test run (a daemon started with `hooks=` skips its own self-test)."""
+    log = Logging("json", "warning", stream=io.StringIO()).logger
+    return asyncio.run(selftest.decide(log))
 
 
-@pytest.fixture(params=["with_hooks", "without_hooks"])
-def aiohttp_hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with and without `monitor.aiohooks`: replies handled as aiohttp parses
-    them and frames written directly (the daemon's default), or everything through
-    `receive()` and `send_frame()`, as on an aiohttp the hooks do not fit."""
-    if request.param == "without_hooks":
-        monkeypatch.setattr(aiohttp.client, "WebSocketDataQueue", ForeignQueue)
-        monkeypatch.setattr(session_mod, "frame_writer", lambda ws: None)
-    return str(request.param)
+def require_hooks(hooks: Hooks, *names: str) -> None:
+    """Skip a test of a hook that the installed aiohttp does not take (the self-test says
+    so; the oldest aiohttp of the tested range lacks some)."""
+    missing = [name for name in names if not getattr(hooks, name)]
+    if missing:
+        pytest.skip(f"aiohttp {aiohttp.__version__} does not take the hooks {missing}")
+
+
+@pytest.fixture(params=["hooked", "portable"])
+def receive_path(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, proven_hooks: Hooks
+) -> Hooks:
+    """Every test that starts a daemon runs on both receive paths: the hooks the self-test
+    proved (`monitor/aiohooks.py`), and the portable path, with aiohttp's own queue class
+    and nothing of aiohttp but its public API (as on a release the hooks do not fit).
+    `hooked-without-stamp` is the hooked path where `ReadStamp` could not install."""
+    if request.param == "portable":
+        monkeypatch.setattr(aiohttp.client, "WebSocketDataQueue", STOCK_QUEUE)
+        return PORTABLE
+    if request.param == "hooked-without-stamp":
+        return replace(proven_hooks, stamp=False)
+    return proven_hooks
 
 
 @pytest.fixture
-async def start_daemon() -> AsyncIterator[StartDaemon]:
-    """Start daemons from config dicts; every one is stopped when the test ends."""
+async def start_daemon(receive_path: Hooks) -> AsyncIterator[StartDaemon]:
+    """Start daemons from config dicts; every one is stopped when the test ends. Each uses
+    the `receive_path` fixture's hooks, or with `self_test=True` decides them itself (and
+    `receive_path="portable"` is then the command line's choice)."""
     started: list[Daemon] = []
+    hooks = receive_path
 
-    async def start(*targets: dict[str, Any], seed: int = 1, **top: Any) -> Harness:
+    async def start(
+        *targets: dict[str, Any],
+        seed: int = 1,
+        self_test: bool = False,
+        receive_path: str = "auto",
+        **top: Any,
+    ) -> Harness:
         doc = {"listen": "127.0.0.1:0", "targets": list(targets), **top}
         cfg = config_mod.loads(yaml.safe_dump(doc), source="<test>")
         stream = io.StringIO()
         logging = Logging("json", "debug", stream=stream, secrets=cfg.secrets)
-        daemon = Daemon(cfg, logging, rng=random.Random(seed), stop_timeout=2.0)
+        daemon = Daemon(
+            cfg,
+            logging,
+            rng=random.Random(seed),
+            stop_timeout=2.0,
+            hooks=None if self_test else hooks,
+            receive_path=receive_path,
+        )
         started.append(daemon)
         await daemon.start()
         return Harness(daemon, stream)

@@ -1,4 +1,4 @@
-"""The loop-wide clock that schedules probe sends and timeouts, and eager sends."""
+"""The clock that schedules probe sends and timeouts, and eager sends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from monitor.clock import Clock, clock, start_eagerly
+from monitor.clock import Clock, start_eagerly
 
 
 class Recorder:
@@ -79,8 +79,7 @@ async def test_entries_added_while_firing_are_scheduled() -> None:
     """An entry that reschedules itself (as a probe does) keeps firing on its own cadence,
     and one loop timer serves however many entries wait."""
     loop = asyncio.get_running_loop()
-    clk = clock()
-    assert clock() is clk  # one per loop
+    clk = Clock(loop)
     fired: list[float] = []
 
     class Ticker:

@@ -7,20 +7,21 @@ import json
 import time
 from typing import Any
 
-import aiohttp.client
 import pytest
-from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
-from conftest import ForeignQueue, Harness, StartDaemon, target
+from conftest import Harness, StartDaemon, require_hooks, target
 from wsserver import WSTestServer
 
-from monitor import aiohooks
-from monitor import session as session_mod
-from monitor.probes import Pending, Reply
+from monitor import aiohooks, probes
+from monitor.aiohooks import Hooks
+from monitor.correlation import Pending, Reply
 
 PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
+ALL_PATHS = ["hooked", "portable", "hooked-without-stamp"]
+
+
+@pytest.mark.parametrize("receive_path", ALL_PATHS, indirect=True)
 class TestRoundTrip:
     async def test_rtt_matches_server_delay(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -114,7 +115,6 @@ class TestRoundTrip:
         assert 99.0 <= h.value("wsmon_server_time_offset_seconds", target="t") <= 100.5
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
 class TestCloseCodes:
     async def test_peer_close_frame_code(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -244,7 +244,6 @@ class TestDeadConnection:
         assert h.value("wsmon_probe_timeouts_total", target="t", probe="frame") >= 2
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
 class TestReplies:
     async def test_api_error_reply(self, server: WSTestServer, start_daemon: StartDaemon) -> None:
         """A Deriv error reply counts as `api_error`, logs its code, and leaves up at 0."""
@@ -312,7 +311,6 @@ class TestReplies:
         assert h.value("wsmon_connected", target="t") == 1
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
 class TestInOrder:
     async def test_null_correlation_matches_in_order(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -363,7 +361,6 @@ class TestBackoffInPractice:
         assert attempts == [1, 2, 3, 1]
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
 async def test_server_pings_are_answered(start_daemon: StartDaemon) -> None:
     """Ping frames from the server are answered with matching pongs (the monitor handles
     ping/pong itself so that it can time its own pings)."""
@@ -465,20 +462,22 @@ def off_grid(times: list[float]) -> list[float]:
 
 
 class TestSendTiming:
-    @pytest.mark.usefixtures("aiohttp_hooks")
+    @pytest.mark.parametrize("receive_path", ["hooked"], indirect=True)
     async def test_rtt_ends_when_the_reply_is_read(
-        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+        self,
+        server: WSTestServer,
+        start_daemon: StartDaemon,
+        monkeypatch: Any,
+        proven_hooks: Hooks,
     ) -> None:
         """Work that runs between the read of a reply and the receive loop's turn is not
         the peer's: here every read of the daemon's connection is followed by 60 ms of
         blocking work, yet the round trips read the server's 30 ms delay plus a little."""
+        require_hooks(proven_hooks, "stamp")
         server.reply_delay = 0.030
         h = await start_daemon(
             target("t", server.url, probes=[{**PING, "interval": "250ms", "timeout": "200ms"}])
         )
-        await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
-        session = h.daemon.supervisor.runners["t"]._session
-        assert session.reads is not None  # aiohttp's protocol still has the callback it wraps
         stamp = aiohooks.ReadStamp.__call__
 
         def read_then_block(self: aiohooks.ReadStamp) -> None:
@@ -502,7 +501,7 @@ class TestSendTiming:
         that round trip is never negative: it ends when the receive loop sees the message."""
         pending = Pending(None, lambda p, r: None)
         pending.sent_at = time.perf_counter()
-        rtt = session_mod._rtt(pending, Reply(pending.sent_at - 1.0, {"msg_type": "ping"}))
+        rtt = probes.round_trip(pending, Reply(pending.sent_at - 1.0, {"msg_type": "ping"}))
         assert 0.0 <= rtt < 1.0
 
     async def test_aligned_sends_leave_together_and_keep_their_interval(
@@ -549,17 +548,20 @@ class TestSendTiming:
         assert len(late) <= len(later) // 10, late
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
+@pytest.mark.parametrize("receive_path", ["hooked"], indirect=True)  # the stamp is the trigger
 async def test_a_close_right_after_a_read_sends_our_code(
-    server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
+    server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any, proven_hooks: Hooks
 ) -> None:
     """A message read in the same turn as our close must not make aiohttp send its own
     close (code 1000) ahead of ours: the server sees the code we closed with."""
+    require_hooks(proven_hooks, "stamp")
     server.stream_rate = 20.0  # an unsolicited message every 50 ms
     probes = [{**PING, "interval": "10s", "timeout": "5s"}]
     h = await start_daemon(target("t", server.url, probes=probes))
-    await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
-    session = h.daemon.supervisor.runners["t"]._session
+    runner = h.daemon.supervisor.runners["t"]
+    await h.wait_for(lambda: runner.session is not None)
+    session = runner.session
+    assert session is not None
     stamp = aiohooks.ReadStamp.__call__
 
     def read_then_close(self: aiohooks.ReadStamp) -> None:
@@ -569,157 +571,3 @@ async def test_a_close_right_after_a_read_sends_our_code(
     monkeypatch.setattr(aiohooks.ReadStamp, "__call__", read_then_close)
     await server.wait_for(lambda: len(server.close_frames) >= 1, timeout=5)
     assert server.close_frames[0] == 1001
-
-
-class TestAiohttpHooks:
-    async def test_replies_never_wake_the_receive_loop(
-        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
-    ) -> None:
-        """With the installed aiohttp every reply is handled as it is parsed: the receive
-        loop's `receive()` returns no text message, yet every request the server answered
-        is a round trip in the histogram."""
-        returned: list[WSMsgType] = []
-        receive = ClientWebSocketResponse.receive
-
-        async def counting(self: ClientWebSocketResponse, timeout: float | None = None) -> Any:
-            msg = await receive(self, timeout)
-            returned.append(msg.type)
-            return msg
-
-        monkeypatch.setattr(ClientWebSocketResponse, "receive", counting)
-        probes = [{**PING, "interval": "25ms", "timeout": "20ms"}]
-        h = await start_daemon(target("t", server.url, probes=probes))
-        await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
-        session = h.daemon.supervisor.runners["t"]._session
-        assert aiohooks.direct_queue(session.ws) is not None
-        await server.wait_for(lambda: server.request_count("ping") >= 20)
-        await h.daemon.stop()
-        answered = h.value("wsmon_probe_rtt_seconds_count", target="t", probe="ping")
-        # Stopping may leave the last request unanswered.
-        assert server.request_count("ping") - 1 <= answered <= server.request_count("ping")
-        assert WSMsgType.TEXT not in returned, returned
-
-    async def test_requests_are_written_without_send_frame_until_its_limit(
-        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
-    ) -> None:
-        """With the installed aiohttp every request is written directly while the writer's
-        count of bytes stays under its limit; the one that would pass it goes through
-        `send_frame`, which resets the count. The server receives every request either way."""
-        through_send_frame: list[int] = []
-        send_frame = ClientWebSocketResponse.send_frame
-
-        async def counting(self: ClientWebSocketResponse, message: bytes, opcode: Any,
-                           compress: int | None = None) -> None:  # fmt: skip
-            through_send_frame.append(opcode)
-            await send_frame(self, message, opcode, compress)
-
-        monkeypatch.setattr(ClientWebSocketResponse, "send_frame", counting)
-        probes = [{**PING, "interval": "25ms", "timeout": "20ms"}]
-        h = await start_daemon(target("t", server.url, probes=probes))
-        await h.wait_for(lambda: h.daemon.supervisor.runners["t"]._session is not None)
-        writer = h.daemon.supervisor.runners["t"]._session.frames
-        assert writer is not None
-        await server.wait_for(lambda: server.request_count("ping") >= 5)
-        assert through_send_frame == []
-        writer._output_size = writer._limit - 20  # the next request would pass the limit
-        count = server.request_count("ping")
-        await server.wait_for(lambda: server.request_count("ping") >= count + 5)
-        await h.daemon.stop()
-        assert through_send_frame[:1] == [WSMsgType.TEXT]
-        assert len([op for op in through_send_frame if op == WSMsgType.TEXT]) == 1
-        assert writer._output_size < 1000  # reset by send_frame, then counted on
-        assert h.value("wsmon_probes_sent_total", target="t", probe="ping") == (
-            server.request_count("ping")
-        )
-
-    async def test_a_message_queued_ahead_keeps_its_place(self) -> None:
-        """What the receive loop must see (a ping) is queued; a reply parsed after it is
-        queued behind it instead of being taken, so the loop sees both in order."""
-
-        class Protocol:
-            _reading_paused = False
-
-        queue = aiohooks.DirectQueue(Protocol(), 2**16, loop=asyncio.get_running_loop())
-        taken: list[Any] = []
-
-        def take(msg: WSMessage) -> bool:
-            if msg.type is WSMsgType.TEXT:
-                taken.append(msg.data)
-                return True
-            return False
-
-        queue.take = take
-        queue.feed_data(WSMessage(WSMsgType.TEXT, "first", ""), 5)
-        queue.feed_data(WSMessage(WSMsgType.PING, b"p", ""), 1)
-        queue.feed_data(WSMessage(WSMsgType.TEXT, "second", ""), 6)
-        assert taken == ["first"]
-        assert (await queue.read()).type is WSMsgType.PING
-        assert (await queue.read()).data == "second"
-        queue.feed_data(WSMessage(WSMsgType.TEXT, "third", ""), 5)  # nothing ahead again
-        assert taken == ["first", "third"]
-
-    def test_a_queue_class_it_does_not_know_is_left_alone(self, monkeypatch: Any) -> None:
-        """On an aiohttp whose client builds some other queue, the hook changes nothing and
-        says so (the daemon then uses the receive loop alone)."""
-        monkeypatch.setattr(aiohttp.client, "WebSocketDataQueue", ForeignQueue)
-        assert aiohooks.use_direct_queue() is False
-        assert aiohttp.client.WebSocketDataQueue is ForeignQueue
-
-    @pytest.mark.usefixtures("aiohttp_hooks")
-    async def test_a_failure_while_handling_a_reply_is_raised_by_the_session(
-        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
-    ) -> None:
-        """An exception while handling a reply ends the session with that exception on
-        either path; handled as parsed, it must not turn into a connection error, which
-        would be recorded as a network failure (code 1006)."""
-
-        def broken(self: session_mod.Session, text: str, received: float) -> None:
-            raise RuntimeError("broken handler")
-
-        monkeypatch.setattr(session_mod.Session, "_on_text", broken)
-        h = await start_daemon(
-            target("t", server.url, probes=[{**PING, "interval": "1s", "timeout": "900ms"}])
-        )
-        task = h.daemon.supervisor.runners["t"]._task
-        assert task is not None
-        await h.wait_for(task.done)
-        assert isinstance(task.exception(), RuntimeError)
-        # Raised at the first reply, not when its request timed out for want of a handler.
-        assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 0
-        assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 0
-
-    async def test_replies_read_together_are_all_stamped_before_any_is_handled(
-        self, server: WSTestServer, start_daemon: StartDaemon, monkeypatch: Any
-    ) -> None:
-        """Five targets send on the same 200 ms grid point (the interval is the grid's
-        step), so their replies (30 ms later) are read together. Handling a reply takes
-        10 ms here; had each been handled in its read, every read after the first would be
-        stamped after a handling. Instead reads of different connections follow each other
-        with no handling in between, and every reply is handled."""
-        server.reply_delay = 0.030
-        events: list[str] = []
-        stamp = aiohooks.ReadStamp.__call__
-        on_text = session_mod.Session._on_text
-
-        def read(self: aiohooks.ReadStamp) -> None:
-            events.append("read")
-            stamp(self)
-
-        def slow(self: session_mod.Session, text: str, received: float) -> None:
-            events.append("handle")
-            time.sleep(0.010)
-            on_text(self, text, received)
-
-        probes = [{**PING, "interval": "200ms", "timeout": "180ms"}]
-        entries = [target(f"t{i}", server.url, probes=probes) for i in range(5)]
-        h = await start_daemon(*entries, send_alignment="200ms")
-        monkeypatch.setattr(aiohooks.ReadStamp, "__call__", read)
-        monkeypatch.setattr(session_mod.Session, "_on_text", slow)
-        await h.wait_for(lambda: events.count("handle") >= 20, timeout=10)
-        await h.daemon.stop()
-        # Reads in a row, each run ended by a handling (what follows the last one is the
-        # close); handled in its read, every run would be one read long.
-        runs = "".join("r" if e == "read" else "h" for e in events).split("h")[:-1]
-        assert max(len(run) for run in runs) >= 2, events
-        assert sum(h.value("wsmon_probe_timeouts_total", target=f"t{i}", probe="ping")
-                   for i in range(5)) == 0  # fmt: skip

@@ -228,6 +228,8 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Any]:
         p.stop()
 
 
+# The alerting pipeline is the subject here, not the receive path (tests/test_connection.py).
+@pytest.mark.parametrize("receive_path", ["hooked"], indirect=True)
 async def test_end_to_end_alert_fires_and_resolves(
     start_daemon: StartDaemon, prometheus_factory: Any
 ) -> None:

@@ -21,6 +21,8 @@ from conftest import Harness, StartDaemon, target
 from wsprocess import ServerProcess
 from wsserver import WSTestServer
 
+from monitor.aiohooks import Hooks
+
 PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
 
 
@@ -51,7 +53,6 @@ async def server_process() -> AsyncIterator[ServerProcess]:
         proc.stop()
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
 class TestCloseFrames:
     @pytest.mark.parametrize("code", [1000, 1001, 1011, 4000, 4321, 4999])
     async def test_close_code_counted_as_peer(
@@ -208,7 +209,6 @@ class TestHandshakeFailures:
             assert 300 <= event["duration_ms"] <= 330
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
 class TestBadReplies:
     async def test_duplicate_reply_counted_once(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -250,7 +250,6 @@ class TestBadReplies:
         undisturbed(h, other_server)
 
 
-@pytest.mark.usefixtures("aiohttp_hooks")
 class TestLiveliness:
     async def test_server_pings_answered_and_never_closed(
         self, server: WSTestServer, start_daemon: StartDaemon
@@ -296,10 +295,13 @@ class TestLiveliness:
         assert server.idle_closes >= 1
 
     async def test_rtt_true_under_a_1000_per_second_stream(
-        self, server_process: ServerProcess, start_daemon: StartDaemon
+        self, server_process: ServerProcess, start_daemon: StartDaemon, receive_path: Hooks
     ) -> None:
         """With 1,000 subscription messages per second on the same connection, probe RTTs
-        stay within 2 ms of the delay the server actually held the replies, on average."""
+        stay within 2 ms of the delay the server actually held the replies, on average.
+        Without the read stamp (the portable path) a round trip ends when the receive loop
+        gets its turn, behind the stream's messages: within 5 ms."""
+        mean_slack, sample_slack = (0.002, 0.005) if receive_path.stamp else (0.005, 0.010)
         await server_process.control(reply_delay=0.02, stream_rate=1000)
         probes = [{**PING, "interval": "100ms", "timeout": "80ms"}]
         h = await start_daemon(target("bad", server_process.url, probes=probes))
@@ -319,12 +321,14 @@ class TestLiveliness:
         assert h.value("wsmon_unmatched_messages_total", target="bad", reason="missing_id") >= 1000
         total = h.value("wsmon_probe_rtt_seconds_sum", target="bad", probe="ping")
         count = h.value("wsmon_probe_rtt_seconds_count", target="bad", probe="ping")
-        assert count == len(holds)
+        # The last reply may still have been on its way when the daemon stopped.
+        assert len(holds) - 1 <= count <= len(holds)
+        holds = holds[: int(count)]
         mean_rtt, mean_hold = total / count, sum(holds) / len(holds)
-        assert mean_hold <= mean_rtt <= mean_hold + 0.002
+        assert mean_hold <= mean_rtt <= mean_hold + mean_slack
         # Each sample: never below the hold, and never far above the longest one (a daemon
-        # slowed by the stream would add tens of ms); 5 ms leaves room for a busy machine.
-        assert all(0.020 <= r <= max(holds) + 0.005 for r in rtts), (rtts, max(holds))
+        # slowed by the stream would add tens of ms), with room for a busy machine.
+        assert all(0.020 <= r <= max(holds) + sample_slack for r in rtts), (rtts, max(holds))
 
 
 def _blackhole(keepalive_idle: float, wait: float) -> dict[str, Any]:

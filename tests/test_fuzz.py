@@ -24,16 +24,19 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import WSMsgType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from monitor import config, probes
+from monitor import config, probes, replies
+from monitor.aiohooks import Hooks, json_scanner
 from monitor.config import ConfigError, ProbeConfig
+from monitor.config.model import RawConfig
+from monitor.correlation import Correlator, Pending, Reply
 from monitor.log import Logging
 from monitor.metrics import UNMATCHED_REASONS, Metrics
-from monitor.probes import Correlator, Pending, Reply
-from monitor.session import Session
+from monitor.session import Runtime, Session
 
 FUZZ = settings(
     derandomize=True,
@@ -117,13 +120,23 @@ def shallow(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 # --- 1. the reply parser -------------------------------------------------------------------
 
+PLAIN = replies.make_parser(None)
+SCANNED = replies.make_parser(json_scanner())
+
+
+def parse_both(text: str) -> dict[str, Any] | None:
+    """The reply parser with json's scanner (the hook) and without it, which must agree."""
+    scanned = SCANNED(text)
+    assert canonical(scanned) == canonical(PLAIN(text))
+    return scanned
+
 
 @FUZZ
 @given(st.text())
 def test_parse_arbitrary_text(text: str) -> None:
     """parse never raises on any text; it returns the JSON object exactly when the text is
     one, and None for everything else (other JSON values, garbage)."""
-    got = probes.parse(text)
+    got = parse_both(text)
     want = reference_parse(text)
     if want is None:
         assert got is None
@@ -137,7 +150,7 @@ def test_parse_arbitrary_text(text: str) -> None:
 def test_parse_arbitrary_bytes(text: str) -> None:
     """parse never raises on arbitrary bytes (decoded as a text frame would be, with
     replacement characters) and returns a dict or None."""
-    got = probes.parse(text)
+    got = parse_both(text)
     assert got is None or isinstance(got, dict)
     assert (got is None) == (reference_parse(text) is None)
 
@@ -148,7 +161,7 @@ def test_parse_any_json_value(value: Any, pad: str) -> None:
     """For json.dumps of any JSON value (NaN, ±Infinity and integers of hundreds of digits
     included), parse returns an equal dict exactly when the value is an object, else None."""
     text = pad + json.dumps(value) + pad
-    got = probes.parse(text)
+    got = parse_both(text)
     if isinstance(value, dict):
         assert isinstance(got, dict)
         assert canonical(got) == canonical(value)
@@ -165,7 +178,7 @@ def test_parse_any_json_value(value: Any, pad: str) -> None:
 def test_parse_agrees_with_json_loads_around_an_object(text: str) -> None:
     """Text that starts like an object, with or without something after it, parses
     exactly as `json.loads` reads it: trailing whitespace is fine, trailing data is not."""
-    assert canonical(shallow(probes.parse, text)) == canonical(reference_parse(text))
+    assert canonical(shallow(parse_both, text)) == canonical(reference_parse(text))
 
 
 def test_parse_large_object() -> None:
@@ -173,17 +186,17 @@ def test_parse_large_object() -> None:
     big = {"req_id": 7, "data": list(range(150_000)), "blob": "x" * 200_000}
     text = json.dumps(big)
     assert len(text) > 1_000_000
-    assert probes.parse(text) == big
-    assert probes.parse(text[:-1]) is None
-    assert probes.parse(json.dumps(big["data"])) is None
-    assert probes.parse("x" * 1_000_000) is None
+    assert parse_both(text) == big
+    assert parse_both(text[:-1]) is None
+    assert parse_both(json.dumps(big["data"])) is None
+    assert parse_both("x" * 1_000_000) is None
 
 
 def test_parse_moderately_nested() -> None:
     """Nesting well inside the recursion limit parses normally."""
-    assert probes.parse("[" * 200 + "]" * 200) is None
+    assert parse_both("[" * 200 + "]" * 200) is None
     nested = '{"a":' * 200 + "1" + "}" * 200
-    got = probes.parse(nested)
+    got = parse_both(nested)
     assert isinstance(got, dict)
     assert "a" in got
 
@@ -198,7 +211,7 @@ DEEP = [
 @pytest.mark.parametrize("text", DEEP)
 def test_parse_deeply_nested(text: str) -> None:
     """Deeply nested JSON (10,000 levels, a 10-20 KB frame) is not a crash: parse -> None."""
-    assert shallow(probes.parse, text) is None
+    assert shallow(parse_both, text) is None
 
 
 # --- 2. correlation ------------------------------------------------------------------------
@@ -223,7 +236,7 @@ messages = st.one_of(
         ids,
     ),
     # As the receive loop sees them: whatever parse makes of the text.
-    st.text(max_size=40).map(probes.parse),
+    st.text(max_size=40).map(replies.parse),
 )
 
 
@@ -302,11 +315,11 @@ OUTCOMES = {"ok", "api_error", "unexpected_reply", "invalid_json"}
 errors = st.one_of(
     json_any, json_objects, st.fixed_dictionaries({"code": json_any, "message": json_any})
 )
-replies = st.one_of(
+reply_objects = st.one_of(
     st.none(),
     json_objects,
     st.builds(lambda extra, err: {**extra, "error": err}, json_objects, errors),
-    st.text(max_size=40).map(probes.parse),
+    st.text(max_size=40).map(replies.parse),
 )
 expects = st.one_of(st.none(), json_objects)
 
@@ -318,12 +331,12 @@ def probe_config(expect: dict[str, Any] | None) -> ProbeConfig:
 
 
 @FUZZ
-@given(expects, replies)
+@given(expects, reply_objects)
 def test_judge_total(expect: dict[str, Any] | None, message: dict[str, Any] | None) -> None:
     """judge never raises and returns one of ok/api_error/unexpected_reply/invalid_json with a
     string detail; a non-object is invalid_json; a reply carrying an `error` object is an
     api_error, never ok; ok means `expect` (if any) is a subset of the reply."""
-    outcome, detail = probes.judge(probe_config(expect), Reply(0.0, message, ""))
+    outcome, detail = replies.judge(probe_config(expect), message)
     assert outcome in OUTCOMES
     assert isinstance(detail, str)
     if message is None:
@@ -332,7 +345,7 @@ def test_judge_total(expect: dict[str, Any] | None, message: dict[str, Any] | No
         assert outcome == "api_error"
         assert detail
     elif outcome == "ok":
-        assert expect is None or probes.subset(expect, message)
+        assert expect is None or replies.subset(expect, message)
     else:
         assert outcome == "unexpected_reply"
 
@@ -346,20 +359,20 @@ def test_judge_superset_is_ok(expect: dict[str, Any], extra: dict[str, Any]) -> 
     reply = {**extra, **expect}
     if isinstance(reply.get("error"), dict):
         del reply["error"]
-    outcome, _ = probes.judge(probe_config(expect or None), Reply(0.0, reply, ""))
+    outcome, _ = replies.judge(probe_config(expect or None), reply)
     assert outcome == "ok"
 
 
 @FUZZ
-@given(expects, replies)
+@given(expects, reply_objects)
 def test_judge_auth_total(expect: dict[str, Any] | None, message: dict[str, Any] | None) -> None:
     """judge_auth (the reply to the auth message) obeys the same rules as judge: never
     raises, a known outcome with a string detail, an `error` object is never ok."""
-    outcome, detail = probes.judge_auth(expect, message)
+    outcome, detail = replies.judge_auth(expect, message)
     assert outcome in OUTCOMES
     assert isinstance(detail, str)
     assert (outcome, bool(detail)) == (
-        probes.judge(probe_config(expect), Reply(0.0, message, ""))[0],
+        replies.judge(probe_config(expect), message)[0],
         outcome != "ok",
     )
 
@@ -368,15 +381,15 @@ def test_judge_auth_total(expect: dict[str, Any] | None, message: dict[str, Any]
 @given(json_any, json_any)
 def test_subset_total(expected: Any, actual: Any) -> None:
     """subset never raises on any pair of JSON values and returns a bool."""
-    assert isinstance(probes.subset(expected, actual), bool)
+    assert isinstance(replies.subset(expected, actual), bool)
 
 
 @FUZZ
 @given(json_any.filter(lambda v: not has_nan(v)))
 def test_subset_reflexive(value: Any) -> None:
     """subset(x, x) holds for every JSON value without NaN, and for its JSON round trip."""
-    assert probes.subset(value, value)
-    assert probes.subset(value, json.loads(json.dumps(value)))
+    assert replies.subset(value, value)
+    assert replies.subset(value, json.loads(json.dumps(value)))
 
 
 # --- 4. server clock offset ----------------------------------------------------------------
@@ -407,7 +420,7 @@ def test_server_time_offset_total(
     msg = dict(extra)
     if present:
         msg["time"] = value
-    got = probes.server_time_offset(msg, sent_wall, rtt)
+    got = replies.server_time_offset(msg, sent_wall, rtt)
     assert got is None or (type(got) is float and math.isfinite(got))
     t = msg.get("time")
     is_epoch = (
@@ -423,16 +436,16 @@ def test_server_time_offset_total(
 @pytest.mark.parametrize("digits", [309, 400, 4000])
 def test_server_time_offset_int_beyond_float_range(digits: int) -> None:
     """A reply whose `time` is an integer too large for a float has no usable epoch: None."""
-    msg = probes.parse('{"req_id": 1, "time": 1' + "0" * digits + "}")
+    msg = replies.parse('{"req_id": 1, "time": 1' + "0" * digits + "}")
     assert msg is not None
-    assert probes.server_time_offset(msg, 1.7e9, 0.01) is None
+    assert replies.server_time_offset(msg, 1.7e9, 0.01) is None
 
 
 # --- 5. the receive side of a real Session --------------------------------------------------
 
 
 class DummyWS:
-    """Stands in for the aiohttp WebSocket: _on_text never touches it."""
+    """Stands in for the aiohttp WebSocket: handling a text frame never touches it."""
 
     closed = False
 
@@ -462,7 +475,8 @@ def make_session(field: str | None) -> tuple[Session, Any]:
     metrics = Metrics(registry).for_target("t", [("ping", "message")])
     log = Logging("json", "info", stream=io.StringIO()).logger
     ws: Any = DummyWS()
-    return Session(session_target(field), ws, metrics, log, random.Random(0)), registry
+    runtime = Runtime.on(asyncio.new_event_loop(), Hooks(scan=True))
+    return Session(session_target(field), ws, metrics, log, runtime, random.Random(0)), registry
 
 
 def unmatched(registry: Any) -> dict[str, float]:
@@ -485,18 +499,18 @@ fields = st.sampled_from([ID_FIELD, None])
 @FUZZ
 @given(field=fields, batch=st.lists(frames, max_size=15))
 def test_session_counts_every_unmatched_frame(field: str | None, batch: list[str]) -> None:
-    """Session._on_text never raises on any text frame; with no probe waiting, every frame is
+    """Session.handle never raises on any text frame; with no probe waiting, every frame is
     counted exactly once in wsmon_unmatched_messages_total, under the right reason."""
     session, registry = make_session(field)
     for i, text in enumerate(batch):
-        session._on_text(text, float(i))
+        session.handle(WSMsgType.TEXT, text, float(i))
     counts = unmatched(registry)
     assert sum(counts.values()) == len(batch)
     assert counts["binary"] == 0
     if field is None:
         assert counts["unknown_id"] == len(batch)
     else:
-        assert counts["invalid_json"] == sum(probes.parse(t) is None for t in batch)
+        assert counts["invalid_json"] == sum(replies.parse(t) is None for t in batch)
 
 
 @FUZZ
@@ -516,7 +530,7 @@ def test_session_with_waiting_probes(
     # Make some frames answer the waiting ids.
     batch = [*batch, *(json.dumps({ID_FIELD: p.key}) for p in waiting[::2] if p.key)]
     for i, text in enumerate(batch):
-        session._on_text(text, float(i))
+        session.handle(WSMsgType.TEXT, text, float(i))
     done = [p for p in waiting if answered(p)]
     assert len(done) + sum(unmatched(registry).values()) == len(batch)
     if field is not None:
@@ -524,7 +538,7 @@ def test_session_with_waiting_probes(
     for p in done:
         reply = REPLIES[id(p)]
         assert reply.raw in batch
-        assert canonical(reply.message) == canonical(probes.parse(reply.raw))
+        assert canonical(reply.message) == canonical(replies.parse(reply.raw))
         if field is not None:
             assert reply.message is not None
             assert reply.message[field] == p.key
@@ -534,9 +548,9 @@ def test_session_with_waiting_probes(
 def test_session_large_frame() -> None:
     """Text frames of ~1 MB are each one counted message, not a crash."""
     session, registry = make_session(ID_FIELD)
-    session._on_text(json.dumps({"data": "x" * 1_000_000}), 0.0)
-    session._on_text("[" + "1," * 500_000 + "1]", 0.0)
-    session._on_text("\x00" * 1_000_000, 0.0)
+    session.handle(WSMsgType.TEXT, json.dumps({"data": "x" * 1_000_000}), 0.0)
+    session.handle(WSMsgType.TEXT, "[" + "1," * 500_000 + "1]", 0.0)
+    session.handle(WSMsgType.TEXT, "\x00" * 1_000_000, 0.0)
     assert unmatched(registry) == {
         "invalid_json": 2,
         "binary": 0,
@@ -549,7 +563,7 @@ def test_session_large_frame() -> None:
 def test_session_deeply_nested_frame(text: str) -> None:
     """A deeply nested frame is counted as invalid_json like any other non-object."""
     session, registry = make_session(ID_FIELD)
-    shallow(session._on_text, text, 0.0)
+    shallow(session.handle, WSMsgType.TEXT, text, 0.0)
     assert unmatched(registry)["invalid_json"] == 1
 
 
@@ -557,7 +571,7 @@ def test_session_deeply_nested_frame(text: str) -> None:
 
 ENV = {"SET_VAR": "from-the-environment"}
 MODELS = (
-    config._RawConfig,
+    RawConfig,
     config.TargetConfig,
     config.ProbeConfig,
     config.ReconnectConfig,

@@ -22,6 +22,7 @@ from wsprocess import ServerProcess
 from wsserver import WSTestServer
 
 from monitor import config
+from monitor.aiohooks import Hooks
 from monitor.app import Daemon
 from monitor.collector import FREEZE_EVERY, SETTLE_FOR
 from monitor.log import Logging
@@ -32,7 +33,7 @@ def write(path: Path, *targets: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-async def from_file(tmp_path: Path) -> AsyncIterator[Any]:
+async def from_file(tmp_path: Path, proven_hooks: Hooks) -> AsyncIterator[Any]:
     """Start a daemon from a config file that the test may rewrite and reload."""
     daemons: list[Daemon] = []
     path = tmp_path / "config.yaml"
@@ -46,6 +47,7 @@ async def from_file(tmp_path: Path) -> AsyncIterator[Any]:
             config_path=path,
             rng=random.Random(1),
             stop_timeout=2.0,
+            hooks=proven_hooks,
         )
         daemons.append(d)
         await d.start()

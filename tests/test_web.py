@@ -25,6 +25,7 @@ from conftest import Harness, target
 from wsserver import WSTestServer
 
 from monitor import config
+from monitor.aiohooks import Hooks
 from monitor.app import Daemon
 from monitor.log import Logging
 from monitor.web import WebConfigError, load_web_config
@@ -53,7 +54,7 @@ def web_config(path: Path, **doc: Any) -> Path:
 
 
 @pytest.fixture
-async def web_daemon(server: WSTestServer) -> AsyncIterator[Any]:
+async def web_daemon(server: WSTestServer, proven_hooks: Hooks) -> AsyncIterator[Any]:
     """Start a daemon with a given web config file (polled every 50 ms for changes)."""
     daemons: list[Daemon] = []
 
@@ -67,6 +68,7 @@ async def web_daemon(server: WSTestServer) -> AsyncIterator[Any]:
             rng=random.Random(1),
             web_config_file=str(web_file),
             web_poll_interval=0.05,
+            hooks=proven_hooks,
         )
         daemons.append(d)
         await d.start()

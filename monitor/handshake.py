@@ -1,0 +1,240 @@
+"""Opening a target's WebSocket: socket options, the bounded handshake, its failure reason,
+and the optional auth exchange before any probe runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp.connector import AddrInfoType
+
+from .config import TargetConfig, TCPConfig
+from .correlation import Correlator
+from .log import redact_url
+from .metrics import TargetMetrics
+from .replies import Parse, judge_auth
+
+
+class ConnectFailed(Exception):
+    """A handshake that did not produce an open WebSocket."""
+
+    def __init__(self, reason: str, error: str, duration: float = 0.0) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+        self.duration = duration  # seconds from the start of the handshake to the failure
+
+
+def classify(exc: BaseException) -> str:
+    """The `reason` label of a failed handshake."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    # aiohttp wraps a TLS alert read after the handshake (e.g. "certificate required")
+    # in a plain OS error; the SSL error is its cause.
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return "tls"
+        cause = cause.__cause__
+    if isinstance(
+        exc,
+        aiohttp.ClientConnectorCertificateError
+        | aiohttp.ClientConnectorSSLError
+        | aiohttp.ClientSSLError
+        | aiohttp.ServerFingerprintMismatch
+        | ssl.SSLError,
+    ):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "other"
+    if isinstance(exc, aiohttp.WSServerHandshakeError | aiohttp.ClientResponseError):
+        return "handshake"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "handshake"
+    return "other"
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a handshake error, without the URL's secrets."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError | aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}: {exc.message}"
+    if isinstance(exc, TimeoutError):
+        return "handshake timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def tls_context(target: TargetConfig) -> ssl.SSLContext | bool:
+    """What aiohttp's `ssl` argument gets for this target (True: system defaults)."""
+    return target.tls.context() if target.tls is not None else True
+
+
+def socket_factory(tcp: TCPConfig) -> Callable[[AddrInfoType], socket.socket]:
+    """Sockets with TCP keepalive and TCP_USER_TIMEOUT, so that a peer that vanished
+    without a FIN or RST (a black hole) fails the connection even when no probe runs."""
+
+    def make(addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family, type_, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(tcp.keepalive_idle))
+            )
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(tcp.keepalive_interval))
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, tcp.keepalive_count)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(tcp.user_timeout * 1000))
+            )
+        return sock
+
+    return make
+
+
+# Seconds spent resolving names during the current task's handshake (see dns_timing()).
+_dns_seconds: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "wsmon_dns_seconds", default=None
+)
+
+
+def dns_timing() -> aiohttp.TraceConfig:
+    """Trace hooks that time DNS lookups, so the handshake histogram can leave them out.
+
+    The hooks run in the task that called ws_connect, so a context variable set by
+    connect() tells them where to add the time.
+    """
+
+    async def start(_: Any, ctx: Any, __: Any) -> None:
+        ctx.dns_started = time.perf_counter()
+
+    async def end(_: Any, ctx: Any, __: Any) -> None:
+        spent = _dns_seconds.get()
+        if spent is not None and hasattr(ctx, "dns_started"):
+            spent.append(time.perf_counter() - ctx.dns_started)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_dns_resolvehost_start.append(start)
+    trace.on_dns_resolvehost_end.append(end)
+    trace.freeze()
+    return trace
+
+
+async def connect(
+    http: aiohttp.ClientSession,
+    target: TargetConfig,
+    slots: asyncio.Semaphore,
+    tls: ssl.SSLContext | bool = True,
+) -> tuple[ClientWebSocketResponse, float]:
+    """Open the target's WebSocket; return it and the TCP + TLS + upgrade time in seconds.
+
+    The whole handshake (DNS, TCP, TLS, HTTP upgrade) is bounded by `connect_timeout`;
+    waiting for a handshake slot is not part of it, and the returned duration leaves out
+    name resolution.
+    """
+    dns: list[float] = []
+    token = _dns_seconds.set(dns)
+    try:
+        return await _open(http, target, slots, tls, dns)
+    finally:
+        _dns_seconds.reset(token)  # the task's context would keep the list otherwise
+
+
+async def _open(
+    http: aiohttp.ClientSession,
+    target: TargetConfig,
+    slots: asyncio.Semaphore,
+    tls: ssl.SSLContext | bool,
+    dns: list[float],
+) -> tuple[ClientWebSocketResponse, float]:
+    async with slots:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                ws = await http.ws_connect(
+                    target.url,
+                    headers=target.headers,
+                    # Pings and pongs pass through the receive loop: pongs are timed by
+                    # ws-ping probes, and the server's pings are answered there.
+                    autoping=False,
+                    # Close frames too: the peer's close is recorded the moment it arrives,
+                    # before our reply, which can wait on a peer that never finishes.
+                    autoclose=False,
+                    max_msg_size=target.max_msg_size,
+                    ssl=tls,
+                    server_hostname=target.tls.server_name if target.tls else None,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.close_timeout),
+                )
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
+            spent = time.perf_counter() - started
+            raise ConnectFailed(classify(exc), describe(exc), spent) from exc
+        return ws, max(0.0, time.perf_counter() - started - sum(dns))
+
+
+async def authenticate(
+    ws: ClientWebSocketResponse, target: TargetConfig, m: TargetMetrics, parse: Parse
+) -> None:
+    """Send the target's auth message and wait for a good reply, before any probe runs.
+
+    Raises ConnectFailed("auth", ...) after closing the connection; the message itself
+    (a credential) is never part of the error.
+    """
+    auth = target.auth
+    assert auth is not None
+    correlator = Correlator(target.correlation_field)
+    req_id = correlator.next_id()
+    body = dict(auth.send)
+    if target.correlation_field is not None:
+        body[target.correlation_field] = req_id
+    started = time.perf_counter()
+    problem: str | None = None
+    try:
+        async with asyncio.timeout(auth.timeout):
+            await ws.send_str(json.dumps(body, separators=(",", ":")))
+            while problem is None:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.PING:
+                    await ws.pong(msg.data)
+                    continue
+                if msg.type is WSMsgType.BINARY:
+                    m.messages_received.inc()
+                    continue
+                if msg.type is not WSMsgType.TEXT:
+                    problem = "connection closed before the auth reply"
+                    break
+                m.messages_received.inc()
+                message = parse(msg.data)
+                if target.correlation_field is not None:
+                    key = None if message is None else message.get(target.correlation_field)
+                    if type(key) is not int or key != req_id:
+                        continue  # not the reply (yet); `true` and 1.0 are not ids
+                outcome, detail = judge_auth(auth.expect, message)
+                if outcome == "ok":
+                    return
+                problem = f"{outcome}: {detail}"
+    except TimeoutError:
+        problem = f"no auth reply within {auth.timeout:g}s"
+    except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+        problem = f"{type(exc).__name__} during auth"
+    with contextlib.suppress(TimeoutError, ConnectionError, aiohttp.ClientError, RuntimeError):
+        async with asyncio.timeout(target.close_timeout):
+            await ws.close(code=1000, message=b"auth failed")
+    raise ConnectFailed("auth", problem, time.perf_counter() - started)
+
+
+def safe_url(target: TargetConfig) -> str:
+    """The target's URL as it may appear in logs."""
+    return redact_url(target.url)
