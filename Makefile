@@ -1,34 +1,52 @@
 # wsmon: `make run` starts the demo, `make test` runs lint, type check and the whole suite.
-# Both work on a fresh machine: they create .venv and install what they need.
+# Both work on a fresh machine: they create .venv and install what they need. The daemon's
+# dependencies come from deploy/requirements.lock (hashed), exactly as a deploy installs them.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+LOCK   := deploy/requirements.lock
+RUN_STAMP := $(VENV)/.run-installed
+DEV_STAMP := $(VENV)/.dev-installed
 ARGS   ?=
+
+# The oldest aiohttp of the range pyproject.toml states, tested in a second venv.
+COMPAT_VENV    := .venv-compat
+COMPAT_AIOHTTP := 3.12.0
+COMPAT_STAMP   := $(COMPAT_VENV)/.installed-$(COMPAT_AIOHTTP)
+# The tests that touch the wire (connections, probes, close codes, faults, the hooks).
+WIRE_TESTS := tests/test_connection.py tests/test_faults.py tests/test_hooks.py \
+              tests/test_reconnect.py
 
 # System tools the tests drive for real; installed from Debian when missing and root.
 TOOLS    := promtool prometheus amtool systemd-analyze unshare nsenter ip
 PACKAGES := prometheus prometheus-alertmanager systemd util-linux iproute2
 
-.PHONY: run test lint typecheck pytest tools bench clean
+.PHONY: run test lint typecheck pytest test-compat tools bench lock clean
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/wsmon demo $(ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck pytest test-compat
 
-$(STAMP): pyproject.toml
+# What the daemon needs, and nothing else: the locked dependencies, then wsmon itself.
+$(RUN_STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
 
-lint: $(STAMP)
+# The dev tools on top (tests/test_deploy.py checks the locked versions stayed in place).
+$(DEV_STAMP): $(RUN_STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check monitor tests $(wildcard bench)
 	$(BIN)/ruff format --check monitor tests $(wildcard bench)
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy monitor
 
 tools:
@@ -43,13 +61,31 @@ tools:
 	  fi; \
 	fi
 
-pytest: $(STAMP) tools
+pytest: $(DEV_STAMP) tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
+# The wire tests once more, against the oldest aiohttp the range admits.
+$(COMPAT_STAMP): pyproject.toml
+	rm -rf $(COMPAT_VENV)
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install --quiet --upgrade pip
+	$(COMPAT_VENV)/bin/pip install --quiet 'aiohttp==$(COMPAT_AIOHTTP)' -e '.[dev]'
+	touch $@
+
+test-compat: $(COMPAT_STAMP) tools
+	PATH="$(CURDIR)/$(COMPAT_VENV)/bin:$$PATH" $(COMPAT_VENV)/bin/pytest -q \
+	  -p no:cacheprovider $(WIRE_TESTS)
+
 # Benchmarks: figures go to bench/RESULTS.md (see the commands recorded there).
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.soak --cycles 10000
 
+# Re-resolve the locked dependencies (after a change to pyproject.toml's dependencies).
+lock: $(DEV_STAMP)
+	$(BIN)/pip install --quiet 'uv>=0.5'
+	$(BIN)/uv pip compile pyproject.toml --extra speedups --generate-hashes --universal \
+	  --python-version 3.11 --quiet -o $(LOCK)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(COMPAT_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
