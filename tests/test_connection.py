@@ -452,7 +452,7 @@ async def aligned_daemon(
     probes = [{**PING, "interval": interval, "timeout": "150ms"}]
     entries = [target(f"t{i}", server.url, probes=probes) for i in range(targets)]
     h = await start_daemon(*entries, send_alignment="100ms")
-    await h.wait_for(lambda: h.daemon.collector.full_collections >= 1, timeout=10)
+    await h.wait_for(lambda: bool(h.events("gc.full")), timeout=10)
     return h, arrivals
 
 

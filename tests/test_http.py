@@ -85,7 +85,10 @@ async def test_readyz_waits_for_first_attempt(start_daemon: StartDaemon) -> None
             async with http.get(f"{h.base_url}/readyz") as r:
                 assert r.status == 503
                 assert "slow" in await r.text()
-            await h.wait_for(lambda: h.daemon._readiness()[0], timeout=3)
+            await h.wait_for(
+                lambda: h.value("wsmon_connect_failures_total", target="slow", reason="timeout"),
+                timeout=3,
+            )
             async with http.get(f"{h.base_url}/readyz") as r:
                 assert r.status == 200
 

@@ -100,7 +100,7 @@ class TestBasicAuth:
             assert (await status(h.base_url + path, headers=wrong))[0] == 401
             unknown = basic("nobody", PASSWORD)
             assert (await status(h.base_url + path, headers=unknown))[0] == 401
-        await h.wait_for(lambda: h.daemon._readiness()[0])
+        await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
         for path in ("/metrics", "/readyz", "/healthz"):
             assert (await status(h.base_url + path, headers=good))[0] == 200, path
         async with aiohttp.ClientSession() as http:
