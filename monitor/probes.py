@@ -103,8 +103,8 @@ class ProbeRun:
     """
 
     __slots__ = (
-        "build", "clock", "due", "liveness", "log", "pm", "probe", "send_lag", "sending",
-        "session", "target", "timer", "waiters",
+        "build", "clock", "due", "liveness", "pm", "probe", "sending", "session", "timer",
+        "waiters",
     )  # fmt: skip
 
     def __init__(
@@ -112,11 +112,8 @@ class ProbeRun:
     ) -> None:
         self.session = session
         self.probe = probe
-        self.target = session.target.name
         self.liveness = liveness
-        self.log = session.log
         self.pm = session.m.probes[probe.name]
-        self.send_lag = session.m.send_lag
         self.clock = session.runtime.clock
         self.waiters: Correlator | PongWaiters
         if probe.kind == "message":
@@ -147,7 +144,7 @@ class ProbeRun:
         clock = self.clock
         now = clock.time()
         due = self.due
-        self.send_lag.observe(max(0.0, now - due))
+        self.session.m.send_lag.observe(max(0.0, now - due))
         interval = self.probe.interval
         due += interval
         if due < now:  # whole intervals later, on the same phase, at least one from now
@@ -216,9 +213,9 @@ class ProbeRun:
         self.waiters.forget(pending)
         self.pm.errors["send_failed"].inc()
         self.liveness.unsent()
-        self.log.warning(
+        self.session.log.warning(
             "probe.error",
-            target=self.target,
+            target=self.session.target.name,
             probe=self.probe.name,
             reason="send_failed",
             error=f"{type(exc).__name__}: {exc}",
@@ -232,9 +229,9 @@ class ProbeRun:
         if outcome != "ok":
             self.pm.errors[outcome].inc()
             self.liveness.wrong()
-            self.log.warning(
+            self.session.log.warning(
                 "probe.error",
-                target=self.target,
+                target=self.session.target.name,
                 probe=self.probe.name,
                 reason=outcome,
                 error=detail,
@@ -263,9 +260,9 @@ class ProbeRun:
         self.waiters.forget(pending)
         self.pm.timeouts.inc()
         consecutive = self.liveness.timed_out()
-        self.log.warning(
+        self.session.log.warning(
             "probe.timeout",
-            target=self.target,
+            target=self.session.target.name,
             probe=self.probe.name,
             timeout_s=self.probe.timeout,
             consecutive=consecutive,
