@@ -27,10 +27,6 @@ from aiohttp import ClientWebSocketResponse
 TESTED_AIOHTTP = ((3, 12), (3, 15))
 TESTED_AIOHTTP_TEXT = ">=3.12,<3.15"
 
-# Called with each message the connection's parser produces while the receive loop waits on
-# an empty queue; True means the message went to the inbox and is not queued.
-ToInbox = Callable[[Any], bool]
-
 
 @dataclass(frozen=True, slots=True)
 class Hooks:
@@ -159,15 +155,10 @@ def direct_queue_class(base: Any) -> type:
             return
         base.feed_data(self, data, size)
 
-    def feed_loop(self: Any, data: Any) -> None:
-        """Queue a message for the receive loop, past `to_inbox`."""
-        base.feed_data(self, data, 0)
-
     namespace = {
         "__slots__": ("to_inbox",),
         "__init__": __init__,
         "feed_data": feed_data,
-        "feed_loop": feed_loop,
         "__doc__": direct_queue_class.__doc__,
         "__module__": __name__,
         "wsmon_direct": True,  # how `direct_queue` and `QueueHook` recognise it

@@ -96,7 +96,7 @@ class Daemon:
         if self.hooks is None:
             self.hooks = await selftest.decide(self.log, portable=self.receive_path == "portable")
         self.metrics.set_receive_path(self.hooks.receive_path)
-        self.runtime = Runtime.on(asyncio.get_running_loop(), self.hooks)
+        self.runtime = Runtime.create(asyncio.get_running_loop(), self.hooks)
         self.runtime.clock.alignment = self.config.send_alignment
         self.http = aiohttp.ClientSession(
             # The default limit of 100 would silently stall the 101st WebSocket.

@@ -14,7 +14,9 @@ from typing import Any
 class Reply:
     """What the session hands to a waiting request."""
 
-    received_at: float  # time.perf_counter() when the message was read from the socket
+    # time.perf_counter() when the message was read from the socket (with the read stamp),
+    # else when it was handed over or handled
+    received_at: float
     message: dict[str, Any] | None  # None: the text was not a JSON object
     raw: str = ""
 

@@ -320,8 +320,8 @@ class HistogramSeries(Series):
 
 class Group:
     """The counters of one target in one family that differ only in a label like `reason`
-    or `code`: one object and one array of values, where a Series each would cost five
-    times the memory (most of them stay 0 for the life of the daemon)."""
+    or `code`: one object and one array of values, much smaller than a Series each (most of
+    them stay 0 for the life of the daemon)."""
 
     __slots__ = ("family", "heads", "key", "text", "values")
 

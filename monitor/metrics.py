@@ -27,8 +27,8 @@ RTT_BUCKETS = (
 )  # fmt: skip
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-# `wsmon_build_info{receive_path}`: replies taken from aiohttp's parser by the guarded hooks
-# (monitor/aiohooks.py), or through aiohttp's public receive() / send_frame() only.
+# `wsmon_build_info{receive_path}`: replies taken from aiohttp's parser by the guarded inbox
+# hook (monitor/aiohooks.py), or all of them returned by aiohttp's public receive().
 RECEIVE_PATHS = ("hooked", "portable")
 
 

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 # What a failed send raises: the connection is going away (its receive loop says how).
 SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
-# What the monitor sends when it gives up on a connection whose probes go unanswered.
-DEAD_CODE = 1011
+# What the monitor closes with when it gives up on a connection whose probes go unanswered.
+UNANSWERED_CLOSE_CODE = 1011
 
 
 def build_message(probe: ProbeConfig, correlation_field: str | None, req_id: int) -> str:
@@ -68,20 +68,23 @@ class Liveness:
         self.consecutive_timeouts = 0
         self.up.set(1)
 
-    def wrong(self) -> None:
+    def wrong_reply(self) -> None:
         self.consecutive_timeouts = 0
         self.up.set(0)
 
-    def unsent(self) -> None:
+    def send_failed(self) -> None:
         self.up.set(0)
 
     def timed_out(self) -> int:
-        """Count a timeout; close the connection when it is the last straw."""
+        """Count a timeout; the number in a row so far."""
         self.up.set(0)
         self.consecutive_timeouts += 1
-        if self.consecutive_timeouts >= self.dead_after:
-            self.close(DEAD_CODE, "probe timeout")
         return self.consecutive_timeouts
+
+    def close_if_dead(self) -> None:
+        """Close the connection when its probes have timed out `dead_after` times in a row."""
+        if self.consecutive_timeouts >= self.dead_after:
+            self.close(UNANSWERED_CLOSE_CODE, "probe timeout")
 
 
 def round_trip(pending: Pending, reply: Reply) -> float:
@@ -143,16 +146,19 @@ class ProbeRun:
         reading), no new request is added behind it."""
         clock = self.clock
         now = clock.time()
-        due = self.due
-        self.session.m.send_lag.observe(max(0.0, now - due))
+        scheduled = self.due
         interval = self.probe.interval
-        due += interval
+        due = scheduled + interval
         if due < now:  # whole intervals later, on the same phase, at least one from now
             due += math.ceil((now - due) / interval + 1.0) * interval
         self.due = due
         self.timer = clock.call_at(due, self)
-        if self.sending is None:
-            self._send(now + self.probe.timeout)
+        try:
+            self.session.m.send_lag.observe(max(0.0, now - scheduled))
+            if self.sending is None:
+                self._send(now + self.probe.timeout)
+        except Exception as exc:  # called by the clock: the session must learn of it
+            self.session.fail(exc)
 
     def _send(self, deadline: float) -> None:
         session = self.session
@@ -202,9 +208,9 @@ class ProbeRun:
             self._sent(pending, deadline)
         elif isinstance(exc, SEND_ERRORS):
             self._failed(pending, exc)
-        else:
+        else:  # a done callback: the session must learn of it
             self.waiters.forget(pending)
-            raise exc
+            self.session.fail(exc)
 
     # --- outcomes --------------------------------------------------------------------------
 
@@ -212,7 +218,7 @@ class ProbeRun:
         pending.done = True
         self.waiters.forget(pending)
         self.pm.errors["send_failed"].inc()
-        self.liveness.unsent()
+        self.liveness.send_failed()
         self.session.log.warning(
             "probe.error",
             target=self.session.target.name,
@@ -228,7 +234,7 @@ class ProbeRun:
         outcome, detail = judge(self.probe, reply.message)
         if outcome != "ok":
             self.pm.errors[outcome].inc()
-            self.liveness.wrong()
+            self.liveness.wrong_reply()
             self.session.log.warning(
                 "probe.error",
                 target=self.session.target.name,
@@ -257,13 +263,17 @@ class ProbeRun:
         self.liveness.answered()
 
     def _timed_out(self, pending: Pending) -> None:
-        self.waiters.forget(pending)
-        self.pm.timeouts.inc()
-        consecutive = self.liveness.timed_out()
-        self.session.log.warning(
-            "probe.timeout",
-            target=self.session.target.name,
-            probe=self.probe.name,
-            timeout_s=self.probe.timeout,
-            consecutive=consecutive,
-        )
+        try:
+            self.waiters.forget(pending)
+            self.pm.timeouts.inc()
+            consecutive = self.liveness.timed_out()
+            self.session.log.warning(
+                "probe.timeout",
+                target=self.session.target.name,
+                probe=self.probe.name,
+                timeout_s=self.probe.timeout,
+                consecutive=consecutive,
+            )
+            self.liveness.close_if_dead()
+        except Exception as exc:  # called by the clock: the session must learn of it
+            self.session.fail(exc)

@@ -8,7 +8,6 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .aiohooks import json_scanner
 from .config import ProbeConfig
 
 Outcome = Literal["ok", "api_error", "unexpected_reply", "invalid_json"]
@@ -44,9 +43,6 @@ def make_parser(scan: Scanner | None) -> Parse:
 
     return scanned
 
-
-# The parser with json's scanner where it has one (the default for code outside a daemon).
-parse = make_parser(json_scanner())
 
 _SCALARS = (str, int, float)
 

@@ -1,17 +1,19 @@
 """The start-up self-test that decides which of `monitor.aiohooks` the daemon may use.
 
-Each hook is proven on a real WebSocket over loopback before any target uses it: the same
-exchange (text, binary, ping and pong both ways, a close frame with a code and a reason) runs
-once on the portable path, once per hook and once with every hook that passed, and a hook
-is kept only if what both ends saw is exactly what the portable path saw. An aiohttp outside
-the tested range, or a self-test that cannot run at all, leaves every hook off. Each hook
-left off is logged once (`hooks.disabled`) with its reason.
+Each aiohttp hook is proven on a real WebSocket over loopback before any target uses it: the
+same exchange (text, binary, ping and pong both ways, a close frame with a code and a reason)
+runs once on the portable path, once per hook and once with every hook that passed, and a
+hook is kept only if what both ends saw is exactly what the portable path saw (and the hook
+did its part). The JSON scan is compared with `json.loads` on sample texts. An aiohttp
+outside the tested range, or a self-test that cannot run at all, leaves every hook off.
+Each hook left off is logged once (`hooks.disabled`) with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +35,7 @@ from .aiohooks import (
     write_frame,
 )
 from .replies import make_parser
+from .session import INBOX_KINDS
 
 # What the client sends; the server answers every ping and then plays SCRIPT.
 HELLO = "wsmon self-test"
@@ -46,9 +49,8 @@ SCRIPT: tuple[tuple[WSMsgType, Any], ...] = (
 )
 CLOSE_CODE = 4321
 CLOSE_REASON = "self-test done"
-# Kinds the session hands to its inbox (the rest wake the receive loop).
-INBOX_KINDS = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PONG})
-# A bound on the whole self-test: a hook that hangs a connection must not hang start-up.
+# A bound on one exchange (a hook that hangs it fails), and on the whole self-test.
+EXCHANGE_TIMEOUT = 1.0
 TIMEOUT = 5.0
 
 # Texts whose parse must equal json.loads's: one object, spacing, nesting, big numbers,
@@ -74,8 +76,11 @@ class Transcript:
 
     client: list[tuple[Any, ...]] = field(default_factory=list)
     server: list[tuple[Any, ...]] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # the server's sends, perf_counter()
     to_inbox: int = 0  # messages the client's DirectQueue handed over
-    stamped: bool = True  # every message was read after the exchange began, by the stamp
+    written: int = 0  # frames `write_frame` wrote itself
+    stamped: bool = True  # every message's read stamp came after the server sent it
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # the server's side ended
 
 
 async def decide(log: FilteringBoundLogger, portable: bool = False) -> Hooks:
@@ -86,12 +91,15 @@ async def decide(log: FilteringBoundLogger, portable: bool = False) -> Hooks:
         reason = f"aiohttp {aiohttp.__version__} is outside the tested range {TESTED_AIOHTTP_TEXT}"
         return _off(log, "all", reason)
     queue = QueueHook()
+    hooks = PORTABLE
     try:
         async with asyncio.timeout(TIMEOUT):
             hooks, reasons = await _prove(queue)
     except Exception as exc:  # any failure of the self-test itself: stay portable
-        queue.uninstall()
         return _off(log, "all", f"self-test could not run: {type(exc).__name__}: {exc}")
+    finally:
+        if not hooks.inbox:  # also when cancelled: aiohttp gets its own queue class back
+            queue.uninstall()
     scan_problem = _check_scan()
     if scan_problem is None:
         hooks = replace(hooks, scan=True)
@@ -119,7 +127,7 @@ async def _prove(queue: QueueHook) -> tuple[Hooks, dict[str, str]]:
             if name == "inbox" and (problem := queue.install()) is not None:
                 reasons[name] = problem
                 continue
-            problem = await _differs(http, server, replace(PORTABLE, **{name: True}), baseline)
+            problem = await _difference(http, server, replace(PORTABLE, **{name: True}), baseline)
             if problem is None:
                 passed[name] = True
             else:
@@ -128,21 +136,22 @@ async def _prove(queue: QueueHook) -> tuple[Hooks, dict[str, str]]:
                     queue.uninstall()
         together = Hooks(**passed)
         if passed:
-            problem = await _differs(http, server, together, baseline)
+            problem = await _difference(http, server, together, baseline)
             if problem is not None:
                 reasons.update(dict.fromkeys(passed, f"fails with the others: {problem}"))
                 together = PORTABLE
-    if not together.inbox:
-        queue.uninstall()
     return together, reasons
 
 
-async def _differs(
+async def _difference(
     http: aiohttp.ClientSession, server: _Server, hooks: Hooks, baseline: Transcript
 ) -> str | None:
     """Why this path's exchange is not the portable one's; None when it is the same."""
     try:
-        seen = await _exchange(http, server, hooks)
+        async with asyncio.timeout(EXCHANGE_TIMEOUT):
+            seen = await _exchange(http, server, hooks)
+    except TimeoutError:
+        return f"the exchange did not finish within {EXCHANGE_TIMEOUT:g}s"
     except Exception as exc:  # a hook that raises fails, it does not stop the daemon
         return f"{type(exc).__name__}: {exc}"
     for end, got, want in (
@@ -157,6 +166,8 @@ async def _differs(
             return f"the {end}'s message {at + 1} was {found!r}, not {expected!r}"
     if hooks.inbox and not seen.to_inbox:
         return "the queue handed no message to the inbox"
+    if hooks.writer and not seen.written:
+        return "write_frame wrote no frame itself"
     if hooks.stamp and not seen.stamped:
         return "the read stamp did not follow the reads"
     return None
@@ -165,10 +176,8 @@ async def _differs(
 async def _exchange(http: aiohttp.ClientSession, server: _Server, hooks: Hooks) -> Transcript:
     """One connection through the given hooks, as the session drives it."""
     seen = Transcript()
-    server.transcript = seen
-    server.done.clear()
     ws = await http.ws_connect(
-        server.url,
+        server.url_for(seen),
         autoping=False,
         autoclose=False,
         timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
@@ -183,24 +192,25 @@ async def _exchange(http: aiohttp.ClientSession, server: _Server, hooks: Hooks) 
         queue = direct_queue(ws) if hooks.inbox else None
         if hooks.inbox and queue is None:
             raise RuntimeError("the connection's queue is not a DirectQueue")
-        began = time.perf_counter()
-        await _send(ws, writer, HELLO.encode(), WSMsgType.TEXT)
-        await _send(ws, writer, CLIENT_PING, WSMsgType.PING)
-        await _receive(ws, queue, stamp, began, seen)
+        await _send(ws, writer, HELLO.encode(), WSMsgType.TEXT, seen)
+        await _send(ws, writer, CLIENT_PING, WSMsgType.PING, seen)
+        await _receive(ws, queue, stamp, seen)
     finally:
         await ws.close()
-    await server.done.wait()
+    await seen.done.wait()
     return seen
 
 
-async def _send(ws: Any, writer: Any | None, payload: bytes, opcode: WSMsgType) -> None:
-    if writer is None or not write_frame(writer, payload, opcode):
+async def _send(
+    ws: Any, writer: Any | None, payload: bytes, opcode: WSMsgType, seen: Transcript
+) -> None:
+    if writer is not None and write_frame(writer, payload, opcode):
+        seen.written += 1
+    else:
         await ws.send_frame(payload, opcode)
 
 
-async def _receive(
-    ws: Any, queue: Any | None, stamp: ReadStamp | None, began: float, seen: Transcript
-) -> None:
+async def _receive(ws: Any, queue: Any | None, stamp: ReadStamp | None, seen: Transcript) -> None:
     """Record every message until the close frame; answer pings, echo the close."""
     inbox: list[Any] = []
 
@@ -217,8 +227,10 @@ async def _receive(
             record(inbox.pop(0))
 
     def record(msg: Any) -> None:
-        if stamp is not None:
-            seen.stamped = seen.stamped and began <= stamp.at <= time.perf_counter()
+        if stamp is not None:  # read no earlier than the server sent it, no later than now
+            k = len(seen.client)
+            sent = seen.sent_at[k] if k < len(seen.sent_at) else math.inf
+            seen.stamped = seen.stamped and sent <= stamp.at <= time.perf_counter()
         seen.client.append((msg.type, msg.data, msg.extra or None))
 
     while True:
@@ -240,21 +252,29 @@ async def _receive(
 
 
 class _Server:
-    """A loopback WebSocket server that plays the script to every client."""
+    """A loopback WebSocket server that plays the script to every client, each connection
+    recording into the transcript its path names."""
 
     def __init__(self) -> None:
-        self.transcript = Transcript()
         self.url = ""
-        self.done = asyncio.Event()  # the server's side of the latest exchange has ended
+        self._exchanges: list[Transcript] = []
         self._runner: web.AppRunner | None = None
+
+    def url_for(self, seen: Transcript) -> str:
+        self._exchanges.append(seen)
+        return f"{self.url}{len(self._exchanges) - 1}"
 
     async def __aenter__(self) -> _Server:
         app = web.Application()
-        app.router.add_get("/", self._handle)
+        app.router.add_get("/{exchange:[0-9]+}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        try:
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
         port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}/"
         return self
@@ -264,24 +284,28 @@ class _Server:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        seen = self._exchanges[int(request.match_info["exchange"])]
         try:
-            return await self._play(request)
+            return await self._play(request, seen)
         finally:
-            self.done.set()
+            seen.done.set()
 
-    async def _play(self, request: web.Request) -> web.WebSocketResponse:
+    async def _play(self, request: web.Request, seen: Transcript) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=False, autoclose=False)
         await ws.prepare(request)
-        seen = self.transcript.server
+        clock = time.perf_counter
         async for msg in ws:
-            seen.append((msg.type, msg.data, msg.extra or None))
+            seen.server.append((msg.type, msg.data, msg.extra or None))
             if msg.type is WSMsgType.PING:
+                seen.sent_at.append(clock())
                 await ws.pong(msg.data)
                 for kind, data in SCRIPT:
+                    seen.sent_at.append(clock())
                     await ws.send_frame(data.encode() if isinstance(data, str) else data, kind)
             elif msg.type is WSMsgType.PONG:  # the answer to the script's ping: close
+                seen.sent_at.append(clock())
                 await ws.close(code=CLOSE_CODE, message=CLOSE_REASON.encode())
-                seen.append(("client's close code", ws.close_code))
+                seen.server.append(("client's close code", ws.close_code))
                 break
         return ws
 

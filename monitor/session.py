@@ -1,5 +1,5 @@
-"""One open connection: the single receive loop, the inbox that feeds it replies, and an
-honest account of how the connection ended (close-code attribution)."""
+"""One open connection: the single receive loop, the inbox that takes replies around it, and
+an honest account of how the connection ended (close-code attribution)."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ class Inbox:
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """What every connection of one daemon shares: the loop's clock and inbox, and the hooks
-    the start-up self-test allowed (`monitor.selftest`)."""
+    """What every connection of one daemon shares: one clock, one inbox, the hooks the
+    start-up self-test allowed (`monitor.selftest`) and the reply parser they imply."""
 
     clock: Clock
     inbox: Inbox
@@ -84,7 +84,8 @@ class Runtime:
     parse: Parse
 
     @classmethod
-    def on(cls, loop: asyncio.AbstractEventLoop, hooks: Hooks) -> Runtime:
+    def create(cls, loop: asyncio.AbstractEventLoop, hooks: Hooks) -> Runtime:
+        """The daemon's runtime on its event loop."""
         scan = json_scanner() if hooks.scan else None
         return cls(Clock(loop), Inbox(loop), hooks, make_parser(scan))
 
@@ -117,7 +118,7 @@ class Session:
         self.pongs = PongWaiters()
         self._local: tuple[int, str] | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._failure: Exception | None = None  # raised while handling an inbox message
+        self._failure: str | None = None  # the first fault of our own (see `fail`)
         self._ended = False
         hooks = runtime.hooks
         self.reads = ReadStamp.install(ws) if hooks.stamp else None
@@ -129,23 +130,19 @@ class Session:
     async def run(self) -> Disconnect:
         """Serve the connection until it ends; return how it ended."""
         clock = self.runtime.clock
-        liveness = Liveness(self.m.up, self.target.dead_after_timeouts, self.close)
-        runs = [
-            ProbeRun(
-                self,
-                probe,
-                liveness,
-                clock.phase(clock.time() + self.rng.uniform(0.0, probe.interval), probe.interval),
-            )
-            for probe in self.target.probes
-        ]
-        if not runs:
-            self.m.up.set(1)
+        runs: list[ProbeRun] = []
         try:
+            liveness = Liveness(self.m.up, self.target.dead_after_timeouts, self.close)
+            for probe in self.target.probes:
+                first = clock.time() + self.rng.uniform(0.0, probe.interval)
+                runs.append(ProbeRun(self, probe, liveness, clock.phase(first, probe.interval)))
+            if not runs:
+                self.m.up.set(1)
             ended = await self._receive_loop()
-        except Exception:
-            self.close(INTERNAL_ERROR, "internal error")  # the peer learns, then we re-raise
-            raise
+        except Exception as exc:
+            self.fail(exc)
+            assert self._local is not None
+            ended = Disconnect(self._local[0], "local", self._local[1])
         finally:
             self._ended = True
             for run in runs:
@@ -163,6 +160,21 @@ class Session:
                 # Cancelled from outside: make sure the socket does not outlive us.
                 await self._close_now(1001)
         return ended
+
+    def fail(self, exc: BaseException) -> None:
+        """A fault in wsmon's own handling of this connection (a bug, not the peer's doing):
+        say so once, and close the connection with 1011; the target then connects again."""
+        if self._failure is None:
+            self._failure = f"{type(exc).__name__}: {exc}"  # text only: no traceback cycle
+            self.log.error(
+                "session.failed", target=self.target.name, error=self._failure, exc_info=exc
+            )
+        self.close(INTERNAL_ERROR, "internal error")
+
+    @property
+    def closed_by_us(self) -> tuple[int, str] | None:
+        """The code and reason we closed with, once we started closing."""
+        return self._local
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake from our side; the receive loop then ends."""
@@ -201,9 +213,7 @@ class Session:
                 msg = await ws.receive()
             finally:
                 if queue is not None:
-                    queue.to_inbox = None  # also breaks the cycle session -> ws -> queue
-            if self._failure is not None:
-                raise self._failure
+                    queue.to_inbox = None  # breaks the cycle session -> queue -> session
             received = reads.at if reads is not None else time.perf_counter()
             kind = msg.type
             if self.handle(kind, msg.data, received):
@@ -240,11 +250,7 @@ class Session:
         try:
             self.handle(msg.type, msg.data, received)
         except Exception as exc:
-            # The receive loop raises it, as when it handles a message itself: queue the
-            # message for the loop, which wakes, finds the failure and raises it.
-            self._failure = exc
-            if self.queue is not None:
-                self.queue.feed_loop(msg)
+            self.fail(exc)
 
     def handle(self, kind: WSMsgType, data: Any, received: float) -> bool:
         """Handle a message that needs no await (read at `received`); False for the others."""

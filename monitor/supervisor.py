@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import aiohttp
+from aiohttp import ClientWebSocketResponse
 from structlog.typing import FilteringBoundLogger
 
 from .backoff import Delay, full_jitter
@@ -134,14 +135,11 @@ class TargetRunner:
                     url=safe_url(t),
                     duration_ms=round(duration * 1e3, 3),
                 )
-                session = Session(t, ws, m, self.log, self.runtime, self.rng)
-                self._session = session
                 try:
-                    ended = await session.run()
+                    self._session = Session(t, ws, m, self.log, self.runtime, self.rng)
+                    ended = await self._session.run()  # a fault of its own included (1011)
                 except Exception as exc:  # a bug must not end the monitoring of this target
-                    error = f"{type(exc).__name__}: {exc}"
-                    self.log.error("session.failed", target=t.name, error=error, exc_info=exc)
-                    ended = Disconnect(INTERNAL_ERROR, "local", f"internal error: {error}")
+                    ended = await self._failed(ws, exc)
                 finally:
                     self._session = None
                     m.connected.set(0)
@@ -159,6 +157,19 @@ class TargetRunner:
                 await self._pause(next(backoff), attempt, ended)
         finally:
             self.attempted = True
+
+    async def _failed(self, ws: ClientWebSocketResponse, exc: Exception) -> Disconnect:
+        """A session that could not even run: say so, and drop its connection with 1011."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.log.error("session.failed", target=self.target.name, error=error, exc_info=exc)
+        try:
+            async with asyncio.timeout(self.target.close_timeout):
+                await ws.close(code=INTERNAL_ERROR, message=b"internal error")
+        except (TimeoutError, ConnectionError, aiohttp.ClientError, RuntimeError):
+            transport = ws.get_extra_info("transport")
+            if transport is not None:
+                transport.abort()
+        return Disconnect(INTERNAL_ERROR, "local", "internal error")
 
     def _backoff(self) -> Iterator[Delay]:
         r = self.target.reconnect

@@ -236,7 +236,7 @@ messages = st.one_of(
         ids,
     ),
     # As the receive loop sees them: whatever parse makes of the text.
-    st.text(max_size=40).map(replies.parse),
+    st.text(max_size=40).map(SCANNED),
 )
 
 
@@ -319,7 +319,7 @@ reply_objects = st.one_of(
     st.none(),
     json_objects,
     st.builds(lambda extra, err: {**extra, "error": err}, json_objects, errors),
-    st.text(max_size=40).map(replies.parse),
+    st.text(max_size=40).map(SCANNED),
 )
 expects = st.one_of(st.none(), json_objects)
 
@@ -436,7 +436,7 @@ def test_server_time_offset_total(
 @pytest.mark.parametrize("digits", [309, 400, 4000])
 def test_server_time_offset_int_beyond_float_range(digits: int) -> None:
     """A reply whose `time` is an integer too large for a float has no usable epoch: None."""
-    msg = replies.parse('{"req_id": 1, "time": 1' + "0" * digits + "}")
+    msg = SCANNED('{"req_id": 1, "time": 1' + "0" * digits + "}")
     assert msg is not None
     assert replies.server_time_offset(msg, 1.7e9, 0.01) is None
 
@@ -475,7 +475,7 @@ def make_session(field: str | None) -> tuple[Session, Any]:
     metrics = Metrics(registry).for_target("t", [("ping", "message")])
     log = Logging("json", "info", stream=io.StringIO()).logger
     ws: Any = DummyWS()
-    runtime = Runtime.on(asyncio.new_event_loop(), Hooks(scan=True))
+    runtime = Runtime.create(asyncio.new_event_loop(), Hooks(scan=True))
     return Session(session_target(field), ws, metrics, log, runtime, random.Random(0)), registry
 
 
@@ -510,7 +510,7 @@ def test_session_counts_every_unmatched_frame(field: str | None, batch: list[str
     if field is None:
         assert counts["unknown_id"] == len(batch)
     else:
-        assert counts["invalid_json"] == sum(replies.parse(t) is None for t in batch)
+        assert counts["invalid_json"] == sum(SCANNED(t) is None for t in batch)
 
 
 @FUZZ
@@ -538,7 +538,7 @@ def test_session_with_waiting_probes(
     for p in done:
         reply = REPLIES[id(p)]
         assert reply.raw in batch
-        assert canonical(reply.message) == canonical(replies.parse(reply.raw))
+        assert canonical(reply.message) == canonical(SCANNED(reply.raw))
         if field is not None:
             assert reply.message is not None
             assert reply.message[field] == p.key

@@ -413,3 +413,58 @@ async def test_a_failure_while_handling_a_reply_is_contained(
     assert failed[0]["error"] == "RuntimeError: broken handler"
     assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 0
     assert h.value("wsmon_disconnects_total", target="t", code="1006", origin="network") == 0
+
+
+async def test_a_failure_in_a_probes_send_is_contained(
+    server: WSTestServer, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the send path (run by the clock, not by the receive loop) is a fault of the
+    session too: `session.failed`, a 1011 close the server receives, `wsmon_up` 0 while the
+    fault lasts, and the target connects again."""
+
+    def broken(*_: Any) -> Any:
+        raise AttributeError("broken send")
+
+    def broken_eagerly(send: Any) -> Any:
+        send.close()  # the send_frame coroutine it was given
+        raise AttributeError("broken send")
+
+    monkeypatch.setattr(probes, "write_frame", broken)
+    monkeypatch.setattr(probes, "start_eagerly", broken_eagerly)
+    h = await start_daemon(
+        target("t", server.url, probes=[{**PING, "interval": "100ms", "timeout": "90ms"}])
+    )
+    await server.wait_for(lambda: server.connections >= 2 and 1011 in server.close_frames)
+    await h.wait_for(
+        lambda: h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") >= 1
+    )
+    assert h.events("session.failed")[0]["error"] == "AttributeError: broken send"
+    assert h.value("wsmon_up", target="t") == 0
+    assert server.request_count("ping") == 0
+
+
+async def test_a_failure_while_a_session_starts_leaves_no_probe_behind(
+    server: WSTestServer, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose second probe cannot be set up closes with 1011 at once; the probe
+    set up before it does not go on sending on the abandoned connection."""
+    build = probes.message_template
+
+    def second_fails(send: dict[str, Any], field: str | None) -> Any:
+        if "time" in send:
+            raise ValueError("broken probe")
+        return build(send, field)
+
+    monkeypatch.setattr(probes, "message_template", second_fails)
+    both = [
+        {**PING, "interval": "50ms", "timeout": "40ms"},
+        {"name": "time", "send": {"time": 1}, "interval": "50ms", "timeout": "40ms"},
+    ]
+    h = await start_daemon(target("t", server.url, probes=both))
+    await server.wait_for(lambda: server.connections >= 3 and server.open_connections <= 1)
+    await h.wait_for(
+        lambda: h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") >= 2
+    )
+    await asyncio.sleep(0.2)  # four intervals of the probe that was set up
+    assert server.request_count("ping") == 0
+    assert {e["error"] for e in h.events("session.failed")} == {"ValueError: broken probe"}

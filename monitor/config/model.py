@@ -57,11 +57,18 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 # The longest `send_alignment`: a coarser grid would bunch sends into a few instants.
 MAX_SEND_ALIGNMENT = 1.0
+# The shortest: uvloop keeps time in whole milliseconds.
+MIN_SEND_ALIGNMENT = 0.001
 
 
 def _alignment(value: Any) -> float:
-    """A duration from 0 (off) to MAX_SEND_ALIGNMENT."""
+    """0 (off), or a duration from MIN_SEND_ALIGNMENT to MAX_SEND_ALIGNMENT."""
     seconds = parse_duration(value, allow_zero=True)
+    if 0 < seconds < MIN_SEND_ALIGNMENT:
+        raise ValueError(
+            f"{value!r} is too short: at least {MIN_SEND_ALIGNMENT * 1000:g}ms (0 turns "
+            "alignment off); a finer grid than the event loop's clock aligns nothing"
+        )
     if seconds > MAX_SEND_ALIGNMENT:
         raise ValueError(
             f"{value!r} is too long: at most {MAX_SEND_ALIGNMENT:g}s (0 turns alignment off); "
