@@ -8,21 +8,17 @@ KIND is one of
 * ``websockets``: what a user writes instead, in the style of the ``websockets`` library's
   examples (one task per connection, ``json.dumps`` / ``await ws.recv()`` in a loop,
   ``await asyncio.sleep(interval)``);
-* ``wsmon``: the real ``monitor.app.Daemon`` run in-process from a config with N targets (one
-  ``ping`` message probe each, correlation ``req_id``, the default handshake limit of 50),
-  logging into a discarding sink.  Bench-only instrumentation, installed in this process
-  only (monitor/ is not changed): ``Session._answered`` is wrapped to record each answered
-  probe's RTT; ``Session.run`` to count open sessions; optionally (``--send-lag``)
-  ``ProbeRun.fire`` and the WebSocket's ``send_str`` / ``ping`` to record each probe's send
-  lag (actual minus scheduled send; see ``WsmonInstrumentation``).
+* ``wsmon``: the real ``monitor.app.Daemon`` run in this process from a config with N targets
+  (one ``ping`` message probe each, correlation ``req_id``, the default handshake limit of
+  50), logging into a sink that keeps only its ``hooks.*`` events. It is built with public
+  arguments only (``receive_path``, ``hooks``) and nothing of it is wrapped or replaced:
+  the harness measures it through its ``/metrics`` and ``/proc/<pid>``.
 
-The child connects every target, waits ``--warmup`` seconds, then measures for ``--window``
-seconds: CPU (``getrusage``, all threads), round trips answered in the window and their RTT.
-It prints JSON lines on stdout: ``connected``, ``window_start``, ``result``.  With
-``--commands`` it then obeys lines on stdin (``status``, ``rss``, ``sensor_start``,
-``sensor_stop``, ``stop``; each answered with one JSON line) before it stops, so that the
-harness can drop connections and scrape ``/metrics`` while a 1 ms event-loop lag sensor
-runs in here.
+The floor and websockets clients record their own round trips between the commands
+``begin`` and ``end``; the harness reads their CPU from ``/proc`` as it does the daemon's.
+Every child prints JSON lines on stdout and obeys lines on stdin: ``begin``, ``end``,
+``sensor_start``, ``sensor_stop`` (a 1 ms event-loop lag sensor, a task of its own beside
+whatever runs in this process: it observes, it changes nothing) and ``stop``.
 """
 
 from __future__ import annotations
@@ -30,41 +26,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import dataclasses
-import gc
 import json
 import os
 import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-from .common import (
-    DiscardingStream,
-    cpu_seconds,
-    emit,
-    peak_rss_kb,
-    raise_nofile,
-    rss_kb,
-    rss_kb_after_gc,
-    summary,
-    usage,
-)
+from .common import DiscardingStream, emit, raise_nofile, summary
 
 CONNECT_CONCURRENCY = 50  # the baselines open connections like wsmon: 50 handshakes at once
+HOOK_NAMES = ("stamp", "inbox", "writer", "scan")  # the fields of monitor.aiohooks.Hooks
 
 
 class Recorder:
-    """RTTs and send lags, kept only while `on` (the measurement window)."""
+    """A baseline client's RTTs and send lags, kept only while `on` (between begin and end)."""
 
     def __init__(self) -> None:
         self.on = False
         self.rtts: list[float] = []
         self.lags: list[float] = []
-        self.window_start = 0.0
 
     def rtt(self, seconds: float) -> None:
         if self.on:
@@ -118,51 +101,6 @@ class LagSensor:
                 self.events.append((before, after, over))
 
 
-class GcWatch:
-    """Garbage-collector pauses (``gc.callbacks``): per generation count, total and max in
-    the current window, and every pause above `keep_above` seconds with its CLOCK_MONOTONIC
-    interval (to tell a GC pause from a scrape's stall)."""
-
-    def __init__(self, keep_above: float = 0.001) -> None:
-        self.keep_above = keep_above
-        self.events: list[tuple[float, float, int, float]] = []
-        self._started = 0.0
-        self.reset()
-        gc.callbacks.append(self._callback)
-
-    def reset(self) -> None:
-        self.count = [0, 0, 0]
-        self.total = [0.0, 0.0, 0.0]
-        self.max = [0.0, 0.0, 0.0]
-        self.collected = 0  # unreachable objects the collector freed (cyclic garbage)
-
-    def _callback(self, phase: str, info: dict[str, Any]) -> None:
-        now = time.monotonic()
-        if phase == "start":
-            self._started = now
-            return
-        gen = int(info.get("generation", 2))
-        spent = now - self._started
-        self.count[gen] += 1
-        self.collected += int(info.get("collected", 0))
-        self.total[gen] += spent
-        if spent > self.max[gen]:
-            self.max[gen] = spent
-        if spent > self.keep_above and len(self.events) < 100_000:
-            self.events.append((self._started, now, gen, spent * 1e3))
-
-    def figures(self) -> dict[str, Any]:
-        return {
-            "collections": list(self.count),
-            "total_ms": [t * 1e3 for t in self.total],
-            "max_ms": [m * 1e3 for m in self.max],
-            "collected": self.collected,
-        }
-
-    def events_since(self, t: float) -> list[tuple[float, float, int, float]]:
-        return [e for e in self.events if e[1] >= t]
-
-
 # --- floor: a minimal aiohttp loop ------------------------------------------------------
 
 
@@ -175,7 +113,6 @@ class FloorClient:
         self.tasks: list[asyncio.Task[None]] = []
         self.open = 0
         self.session: Any = None
-        self.sockets: list[Any] = []
 
     async def start(self) -> None:
         import aiohttp
@@ -187,12 +124,12 @@ class FloorClient:
             async with slots:
                 return await self.session.ws_connect(self.args.url)
 
-        self.sockets = list(await asyncio.gather(*(connect() for _ in range(self.args.targets))))
-        self.open = len(self.sockets)
+        sockets = list(await asyncio.gather(*(connect() for _ in range(self.args.targets))))
+        self.open = len(sockets)
         rng = random.Random(self.args.seed)
         interval = self.args.interval
         self.tasks = [
-            asyncio.create_task(self._loop(ws, rng.uniform(0.0, interval))) for ws in self.sockets
+            asyncio.create_task(self._loop(ws, rng.uniform(0.0, interval))) for ws in sockets
         ]
 
     async def _loop(self, ws: Any, offset: float) -> None:
@@ -217,13 +154,6 @@ class FloorClient:
             if json.loads(msg.data).get("req_id") == req_id:
                 rec.rtt(got - sent)
             due += interval
-
-    async def stop(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
-        await self.session.close()
 
 
 # --- what a user writes instead: the websockets library ---------------------------------
@@ -279,152 +209,22 @@ class WebsocketsClient:
             failed.result()  # raises the connection error
             raise RuntimeError("a websockets client task ended early")
 
-    async def stop(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
 
 # --- wsmon --------------------------------------------------------------------------------
 
 
-class WsmonInstrumentation:
-    """Wraps a few methods in this (bench) process only; monitor/ itself is not changed.
+class HookLog(DiscardingStream):
+    """The daemon's log sink: counts every line, keeps the `hooks.*` events (a few lines at
+    start-up) so that the harness can say why a hook is off."""
 
-    * ``Session._answered(pm, rtt)``: every answered probe's RTT;
-    * ``Session.run``: sessions open now (all connected when it equals the targets);
-    * send lag (``--send-lag``): the clock calls ``ProbeRun.fire`` for each scheduled send;
-      a wrapper reads the time the send was scheduled for (``ProbeRun.due``) before the
-      original runs, and the frame's write called from inside that call
-      (``monitor.session.write_frame`` when it writes, else
-      ``ClientWebSocketResponse.send_frame``) takes the loop's time when the frame is
-      handed to aiohttp: the lag is the difference. Sends skipped while an earlier one
-      waits for the socket buffer, or that fail, are not seen.
-    """
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[str] = []
 
-    def __init__(self, rec: Recorder, send_lag: bool) -> None:
-        self.rec = rec
-        self.active = 0
-        self.sessions = 0
-        self.send_lag = send_lag
-        self.lag_sends_seen = 0
-        self._due: float | None = None  # set while a ProbeRun.fire runs
-
-    def install(self) -> None:
-        from monitor import session as session_mod
-
-        Session = session_mod.Session
-        needed: list[tuple[Any, str]] = [(Session, "_answered"), (Session, "run")]
-        if self.send_lag:
-            needed.append((getattr(session_mod, "ProbeRun", None), "fire"))
-            needed.append((session_mod, "write_frame"))
-        for owner, name in needed:
-            if not callable(getattr(owner, name, None)):
-                raise RuntimeError(
-                    f"monitor.session: {getattr(owner, '__name__', owner)}.{name} is gone: "
-                    "bench/clients.py's instrumentation needs updating"
-                )
-        rec = self.rec
-        instr = self
-        orig_answered = Session._answered
-        orig_run = Session.run
-
-        def _answered(self: Any, pm: Any, rtt: float) -> None:
-            if rec.on:
-                rec.rtts.append(rtt)
-            orig_answered(self, pm, rtt)
-
-        async def run(self: Any) -> Any:
-            instr.active += 1
-            instr.sessions += 1
-            try:
-                return await orig_run(self)
-            finally:
-                instr.active -= 1
-
-        Session._answered = _answered  # type: ignore[method-assign]
-        Session.run = run  # type: ignore[method-assign]
-        if self.send_lag:
-            self._install_send_lag(session_mod.ProbeRun)
-
-    def _install_send_lag(self, probe_run_cls: Any) -> None:
-        from aiohttp import ClientWebSocketResponse
-
-        from monitor import session as session_mod
-
-        rec = self.rec
-        instr = self
-        orig_fire = probe_run_cls.fire
-        orig_write = session_mod.write_frame
-        orig_send_frame = ClientWebSocketResponse.send_frame
-
-        def fire(self: Any) -> None:
-            instr._due = self.due
-            try:
-                orig_fire(self)
-            finally:
-                instr._due = None
-
-        def sent(at: float) -> None:
-            if instr._due is None:
-                return
-            rec.lag(at - instr._due)
-            instr.lag_sends_seen += 1
-
-        def write(writer: Any, payload: bytes, opcode: int) -> bool:
-            at = asyncio.get_running_loop().time()
-            written = orig_write(writer, payload, opcode)
-            if written:  # else the send goes on through send_frame, which counts it
-                sent(at)
-            return written
-
-        def send_frame(self: Any, *args: Any, **kwargs: Any) -> Any:
-            sent(asyncio.get_running_loop().time())
-            return orig_send_frame(self, *args, **kwargs)
-
-        probe_run_cls.fire = fire
-        session_mod.write_frame = write
-        ClientWebSocketResponse.send_frame = send_frame  # type: ignore[method-assign]
-
-
-def block_speedups() -> None:
-    """Make uvloop and orjson unimportable in this process (as if not installed), so that
-    the daemon runs on its stock path even where it would pick them up by itself."""
-    for name in ("orjson", "uvloop"):
-        if name not in sys.modules:
-            sys.modules[name] = None  # type: ignore[assignment]  # import now fails
-
-
-def use_orjson() -> str:
-    """orjson for the daemon's JSON: its own speed-up when it has one, else a bench shim."""
-    try:
-        import monitor.speedups as speedups  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        speedups = None
-    if speedups is not None and getattr(speedups, "FAST_JSON", False):
-        return "monitor.speedups (the daemon's own)"
-    _inject_orjson()
-    return "bench shim in monitor.probes"
-
-
-def _inject_orjson() -> None:
-    """Make monitor.probes (build_message, parse) use orjson instead of json."""
-    import orjson
-
-    import monitor.probes
-
-    class _OrjsonAsJson:
-        JSONDecodeError = orjson.JSONDecodeError  # a ValueError, like json's
-
-        @staticmethod
-        def dumps(obj: Any, **_: Any) -> str:  # orjson's output is already compact
-            return orjson.dumps(obj).decode()
-
-        @staticmethod
-        def loads(text: str | bytes) -> Any:
-            return orjson.loads(text)
-
-    monitor.probes.json = _OrjsonAsJson  # type: ignore[assignment]
+    def write(self, s: str) -> int:
+        if '"hooks.' in s and len(self.kept) < 20:
+            self.kept.append(s.strip())
+        return super().write(s)
 
 
 def wsmon_config_doc(
@@ -445,211 +245,146 @@ def wsmon_config_doc(
     }  # fmt: skip
 
 
-class WsmonClient:
-    """The real Daemon with N targets, instrumented as the module docstring says."""
+async def wsmon_hooks(names: list[str], log: Any) -> Any:
+    """`monitor.aiohooks.Hooks` with exactly `names` on. The inbox needs aiohttp's queue
+    class swapped, which only the daemon's self-test does: with the inbox asked for, the
+    self-test runs first, and every hook asked for must be one it proved."""
+    from monitor import selftest
+    from monitor.aiohooks import Hooks
 
-    def __init__(self, args: argparse.Namespace, rec: Recorder) -> None:
-        self.args = args
-        self.rec = rec
-        self.instr = WsmonInstrumentation(rec, send_lag=args.send_lag)
-        self.daemon: Any = None
-        self.sink = DiscardingStream()
-        self.open = 0
-        self.config_s = 0.0
-        self.json_impl = ""
+    unknown = sorted(set(names) - set(HOOK_NAMES))
+    if unknown:
+        raise SystemExit(f"--hooks: unknown hook(s) {', '.join(unknown)}")
+    if "inbox" in names:
+        proven = await selftest.decide(log)
+        missing = [n for n in names if n not in proven.names()]
+        if missing:
+            raise RuntimeError(f"the self-test did not prove {', '.join(missing)}")
+    return Hooks(**{n: n in names for n in HOOK_NAMES})
 
-    async def start(self) -> None:
-        from monitor import config as config_mod
-        from monitor.app import Daemon
-        from monitor.log import Logging
 
-        self.instr.install()
-        if self.args.orjson:
-            self.json_impl = use_orjson()
-        else:  # see main(): the stock run blocks orjson and uvloop
-            self.json_impl = "json (orjson blocked)" if self.args.loop == "asyncio" else "json"
-        t0 = time.perf_counter()
-        doc = wsmon_config_doc(
-            self.args.url, self.args.targets, self.args.interval, self.args.send_alignment
-        )
-        cfg = config_mod.loads(json.dumps(doc), source="<bench>")
-        if self.args.targets == 0:  # the empty daemon (a config needs at least one target)
-            cfg = dataclasses.replace(cfg, targets=())
-        self.config_s = time.perf_counter() - t0
-        logging = Logging("json", "info", stream=self.sink, secrets=cfg.secrets)
-        self.daemon = Daemon(cfg, logging, rng=random.Random(self.args.seed), stop_timeout=5.0)
-        await self.daemon.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.args.connect_timeout
-        while self.instr.active < self.args.targets:
-            if loop.time() > deadline:
-                raise TimeoutError(
-                    f"only {self.instr.active} of {self.args.targets} targets connected "
-                    f"within {self.args.connect_timeout}s"
-                )
-            await asyncio.sleep(0.01)
-        self.open = self.instr.active
+async def start_wsmon(args: argparse.Namespace) -> Any:
+    """Build and start the daemon; report when `start()` began and what it chose."""
+    from monitor import config as config_mod
+    from monitor.app import Daemon
+    from monitor.log import Logging
 
-    def extra(self) -> dict[str, Any]:
-        return {
-            "metrics_port": self.daemon.port,
-            "active_sessions": self.instr.active,
-            "sessions_started": self.instr.sessions,
-            "log_lines": self.sink.lines,
-            "config_s": self.config_s,
-            "json_impl": self.json_impl,
-            "send_alignment": self.args.send_alignment,
-            "monitor_path": str(Path(sys.modules["monitor"].__file__ or "").parent),
+    t0 = time.perf_counter()
+    doc = wsmon_config_doc(args.url, args.targets, args.interval, args.send_alignment)
+    cfg = config_mod.loads(json.dumps(doc), source="<bench>")
+    if args.targets == 0:  # the empty daemon (a config needs at least one target)
+        cfg = dataclasses.replace(cfg, targets=())
+    config_s = time.perf_counter() - t0
+    sink = HookLog()
+    logging = Logging("json", "info", stream=sink, secrets=cfg.secrets)
+    hooks = None
+    if args.hooks is not None:
+        hooks = await wsmon_hooks([n for n in args.hooks.split(",") if n], logging.logger)
+    daemon = Daemon(
+        cfg,
+        logging,
+        rng=random.Random(args.seed),
+        stop_timeout=5.0,
+        receive_path=args.receive_path,
+        hooks=hooks,
+    )
+    emit({"event": "starting", "t": time.monotonic(), "config_s": config_s, "pid": os.getpid()})
+    await daemon.start()
+    emit(
+        {
+            "event": "started",
+            "t": time.monotonic(),
+            "port": daemon.port,
+            "hooks": daemon.hooks.names() if daemon.hooks is not None else [],
+            "hook_log": sink.kept,
+            "loop": _loop_name(),
+            "send_alignment": args.send_alignment,
         }
-
-    async def stop(self) -> None:
-        await self.daemon.stop()
+    )
+    return daemon
 
 
 # --- the child's main -------------------------------------------------------------------
 
 
-async def _read_line() -> str:
-    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+def _loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return type(loop).__module__ + "." + type(loop).__name__
 
 
-async def _commands(client: Any, gcw: GcWatch) -> None:
+async def _stdin() -> asyncio.StreamReader:
+    """stdin as a stream on the event loop (no reader thread in the measured process)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def _commands(rec: Recorder, delay_s: float) -> None:
+    stdin = await _stdin()
     sensor: LagSensor | None = None
-    sensor_t = 0.0
     while True:
-        line = (await _read_line()).strip()
+        line = (await stdin.readline()).decode().strip()
         if line in ("", "stop"):
-            if sensor is not None:
-                await sensor.stop()
             return
-        if line == "status":
-            emit({"event": "status", "open": _open(client), "rss_kb": rss_kb(), **_extra(client)})
-        elif line == "rss":
-            emit({"event": "rss", "rss_kb": rss_kb_after_gc()})
+        if line == "begin":
+            rec.rtts.clear()
+            rec.lags.clear()
+            rec.on = True
+            emit({"event": "begun", "t": time.monotonic()})
+        elif line == "end":
+            rec.on = False
+            emit(
+                {
+                    "event": "ended",
+                    "t": time.monotonic(),
+                    "round_trips": len(rec.rtts),
+                    "rtt_ms": summary(rec.rtts, 1e3),
+                    "rtt_excess_ms": summary([r - delay_s for r in rec.rtts], 1e3),
+                    "send_lag_ms": summary(rec.lags, 1e3),
+                }
+            )
         elif line == "sensor_start":
             sensor = LagSensor()
             sensor.start()
-            sensor_t = time.monotonic()
-            emit({"event": "sensor_started", "t": sensor_t})
+            emit({"event": "sensor_started", "t": time.monotonic()})
         elif line == "sensor_stop":
             figures = await sensor.stop() if sensor is not None else {}
             sensor = None
-            emit({"event": "sensor", **figures, "gc_events": gcw.events_since(sensor_t)})
+            emit({"event": "sensor", **figures})
         else:
             emit({"event": "error", "error": f"unknown command {line!r}"})
 
 
-def _open(client: Any) -> int:
-    if isinstance(client, WsmonClient):
-        return client.instr.active
-    return int(client.open)
-
-
-def _extra(client: Any) -> dict[str, Any]:
-    return client.extra() if isinstance(client, WsmonClient) else {}
-
-
 async def run_child(args: argparse.Namespace) -> None:
-    """Connect, warm up, measure one window, report; then obey commands if asked to."""
+    """Connect (or start the daemon), say so, then obey commands until `stop`."""
     raise_nofile()
     rec = Recorder()
-    kinds: dict[str, Callable[[argparse.Namespace, Recorder], Any]] = {
-        "floor": FloorClient,
-        "websockets": WebsocketsClient,
-        "wsmon": WsmonClient,
-    }
-    client = kinds[args.kind](args, rec)
-    loop = asyncio.get_running_loop()
-    rss_start = rss_kb()
-    gcw = GcWatch()
-    t0 = time.perf_counter()
-    await client.start()
-    connect_s = time.perf_counter() - t0
-    emit(
-        {
-            "event": "connected",
-            "kind": args.kind,
-            "open": _open(client),
-            "connect_s": connect_s,
-            "loop": type(loop).__module__ + "." + type(loop).__name__,
-            **_extra(client),
+    if args.kind == "wsmon":
+        await start_wsmon(args)
+    else:
+        kinds: dict[str, Callable[[argparse.Namespace, Recorder], Any]] = {
+            "floor": FloorClient,
+            "websockets": WebsocketsClient,
         }
-    )
-    await asyncio.sleep(args.warmup)
-    profiler = cProfile.Profile() if args.cprofile else None
-    used0 = usage()
-    wall0 = time.perf_counter()
-    rec.window_start = time.monotonic()
-    gcw.reset()
-    rec.on = True
-    emit({"event": "window_start", "t": rec.window_start})
-    if profiler is not None:
-        profiler.enable()
-    await asyncio.sleep(args.window)
-    if profiler is not None:
-        profiler.disable()
-    rec.on = False
-    gc_window = gcw.figures()
-    gc_events = gcw.events_since(rec.window_start)
-    used1 = usage()
-    wall1 = time.perf_counter()
-    rss = rss_kb_after_gc()
-    cpu = used1.cpu - used0.cpu
-    sleeps = used1.wakeups - used0.wakeups
-    wall = wall1 - wall0
-    round_trips = len(rec.rtts)
-    delay = args.delay_ms / 1000.0
-    result: dict[str, Any] = {
-        "event": "result",
-        "kind": args.kind,
-        "targets": args.targets,
-        "interval_s": args.interval,
-        "open": _open(client),
-        "loop": type(loop).__module__ + "." + type(loop).__name__,
-        "orjson": bool(getattr(args, "orjson", False)),
-        "connect_s": connect_s,
-        "window_s": wall,
-        "cpu_s": cpu,
-        "cpu_pct_of_core": 100.0 * cpu / wall if wall > 0 else 0.0,
-        "round_trips": round_trips,
-        "round_trips_per_s": round_trips / wall if wall > 0 else 0.0,
-        "cpu_us_per_round_trip": 1e6 * cpu / round_trips if round_trips else None,
-        "user_us_per_round_trip": (
-            1e6 * (used1.user - used0.user) / round_trips if round_trips else None
-        ),
-        "system_us_per_round_trip": (
-            1e6 * (used1.system - used0.system) / round_trips if round_trips else None
-        ),
-        "wakeups": sleeps,
-        "wakeups_per_round_trip": sleeps / round_trips if round_trips else None,
-        "rtt_ms": summary(rec.rtts, 1e3),
-        "rtt_excess_ms": summary([r - delay for r in rec.rtts], 1e3),
-        "server_delay_ms": args.delay_ms,
-        "send_lag_ms": summary(rec.lags, 1e3),
-        "rss_kb_start": rss_start,
-        "rss_kb": rss,
-        "peak_rss_kb": peak_rss_kb(),
-        "cpu_total_s": cpu_seconds(),
-        "gc": gc_window,
-        "gc_pauses_over_1ms": len(gc_events),
-        "gc_longest_pauses_ms": sorted((e[3] for e in gc_events), reverse=True)[:10],
-        **_extra(client),
-    }
-    if isinstance(client, WsmonClient):
-        result["send_lag_sends_seen"] = client.instr.lag_sends_seen
-    emit(result)
-    if profiler is not None:
-        profiler.dump_stats(args.cprofile)
-    if args.commands:
-        await _commands(client, gcw)
-    if args.graceful:
-        await client.stop()
+        client = kinds[args.kind](args, rec)
+        t0 = time.perf_counter()
+        await client.start()
+        emit(
+            {
+                "event": "connected",
+                "open": client.open,
+                "connect_s": time.perf_counter() - t0,
+                "loop": _loop_name(),
+                "pid": os.getpid(),
+            }
+        )
+    await _commands(rec, args.delay_ms / 1000.0)
     emit({"event": "exit"})
-    if not args.graceful:
-        # Nothing after the report is measured: leave without closing every connection
-        # (the server sees resets), which saves seconds at 10,000 connections.
-        sys.stdout.flush()
-        os._exit(0)
+    # Nothing after `stop` is measured: leave without closing every connection (the server
+    # sees resets), which saves seconds at 10,000 connections.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -658,25 +393,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", required=True, help="the node server's ws:// URL")
     p.add_argument("--targets", type=int, required=True, help="connections / wsmon targets")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between pings")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds before the window")
-    p.add_argument("--window", type=float, default=60.0, help="measurement window, seconds")
     p.add_argument("--delay-ms", type=float, default=0.0, help="the server's reply delay")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    p.add_argument("--orjson", action="store_true", help="wsmon: orjson in monitor.probes")
-    p.add_argument("--send-lag", action="store_true", help="wsmon: record probe send lag")
     p.add_argument("--send-alignment", default="0", help="wsmon: the config's send_alignment")
-    p.add_argument("--connect-timeout", type=float, default=120.0)
-    p.add_argument("--commands", action="store_true", help="obey stdin commands at the end")
-    p.add_argument("--cprofile", default="", help="write a cProfile of the window here")
-    p.add_argument("--graceful", action="store_true", help="close every connection at the end")
+    p.add_argument(
+        "--receive-path",
+        choices=("auto", "portable"),
+        default="auto",
+        help="wsmon: Daemon(receive_path=...): auto runs the self-test, portable no hooks",
+    )
+    p.add_argument(
+        "--hooks",
+        default=None,
+        metavar="LIST",
+        help=f"wsmon: Daemon(hooks=...) with these on, of {','.join(HOOK_NAMES)}",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.kind == "wsmon" and args.loop == "asyncio" and not args.orjson:
-        block_speedups()  # stock: neither uvloop nor orjson, whatever the daemon would pick
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if args.loop == "uvloop":
         import uvloop

@@ -1,12 +1,13 @@
-"""Small helpers shared by the benchmark harness (bench/run.py) and its child processes.
+"""Small helpers shared by the benchmark harness and its child processes.
 
-Everything here measures the process it runs in: CPU from ``getrusage`` (all threads, in
-microseconds), memory from ``/proc/self/status``; percentiles by nearest rank.
+The measuring helpers here read the process they run in (used by ``bench.wakeup`` and
+``bench.promreg``): CPU from ``getrusage`` (all threads, in microseconds), memory from
+``/proc/self/status``. Percentiles are by nearest rank. The measured clients are read from
+outside instead (``bench.harness.ProcStat``).
 """
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import math
@@ -22,7 +23,6 @@ __all__ = [
     "percentile",
     "raise_nofile",
     "rss_kb",
-    "rss_kb_after_gc",
     "summary",
     "usage",
 ]
@@ -92,17 +92,6 @@ def _status_kb(field: str) -> int:
 def rss_kb() -> int:
     """Resident set size of this process in KiB (VmRSS)."""
     return _status_kb("VmRSS")
-
-
-def rss_kb_after_gc() -> int:
-    """VmRSS after a full garbage collection, in KiB."""
-    gc.collect()
-    return rss_kb()
-
-
-def peak_rss_kb() -> int:
-    """Peak resident set size of this process in KiB (VmHWM)."""
-    return _status_kb("VmHWM")
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:

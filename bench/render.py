@@ -1,0 +1,405 @@
+"""The sections of bench/RESULTS.md that a run writes: the run's record, the goals and
+figures (judged by `bench.report`), a paragraph per workload, the hooks ablation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from .report import ABLATION, MAIN, excess, fmt, goals_table, judge, ratio_text, stall_text, table
+
+W1_LABELS = {
+    "floor": "floor (aiohttp loop)",
+    "floor_uvloop": "floor (aiohttp loop)",
+    "websockets": "websockets library",
+    "wsmon_asyncio": "wsmon",
+    "wsmon_uvloop": "wsmon",
+    "wsmon_asyncio_portable": "wsmon, portable path",
+    "wsmon_uvloop_portable": "wsmon, portable path",
+    "wsmon_uvloop_aligned": "wsmon, `send_alignment`",
+}
+W1_NAMES = {
+    "floor_uvloop": "floor on uvloop",
+    "websockets": "websockets library",
+    "wsmon_asyncio": "wsmon asyncio",
+    "wsmon_uvloop": "wsmon uvloop",
+    "wsmon_asyncio_portable": "wsmon portable asyncio",
+    "wsmon_uvloop_portable": "wsmon portable uvloop",
+    "wsmon_uvloop_aligned": "wsmon uvloop with `send_alignment`",
+}
+ABLATION_LABELS = {
+    "floor": "floor (aiohttp loop, asyncio): the reference",
+    "all": "every hook (the default path)",
+    "no_stamp": "without `stamp` (ReadStamp)",
+    "no_inbox": "without `inbox` (DirectQueue)",
+    "no_writer": "without `writer` (write_frame)",
+    "no_scan": "without `scan` (scan_once)",
+    "none": 'no hook (`receive_path="portable"`)',
+}
+
+
+def _loop(r: dict[str, Any]) -> str:
+    return "uvloop" if "uvloop" in r.get("loop", "") else "asyncio"
+
+
+def _hooks(r: dict[str, Any]) -> str:
+    if r["kind"] != "wsmon":
+        return "-"
+    return f"{r['receive_path']}: {', '.join(r['hooks']) or 'none'}"
+
+
+def _client_row(label: str, r: dict[str, Any]) -> str:
+    return (
+        f"| {label} | {_loop(r)} | {_hooks(r)} | {r['round_trips']} | {fmt(r['cpu_s'], '.2f')} "
+        f"| {fmt(r['cpu_us_per_round_trip'])} | {fmt(r['wakeups_per_round_trip'], '.2f')} "
+        f"| {fmt(r['rtt_mean_ms'], '.3f')} | {fmt(r['rss_kb'] / 1024, '.1f')} "
+        f"| {fmt(r.get('server_cpu_s'), '.2f')} | {_rest(r)} |"
+    )
+
+
+def _rest(r: dict[str, Any]) -> str:
+    """The rest of the machine during the window: other processes / interrupts / steal."""
+    keys = ("others_cpu_s", "interrupts_cpu_s", "steal_s")
+    return " / ".join(fmt(r.get(k), ".2f") for k in keys)
+
+
+CLIENT_HEAD = (
+    "| client | event loop | receive path: hooks | round trips | CPU s | CPU us / round trip "
+    "| wake-ups / round trip | RTT mean ms | RSS MiB | node server CPU s "
+    "| rest of the machine, CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+METHOD = (
+    "CPU is the child's, from `/proc/<pid>/task/*/schedstat` between the window's edges; at "
+    "each edge the harness reads the CPU, then the counts, then the CPU again, so a scrape's "
+    "own cost stays out. wsmon's round trips and RTT mean are the increase of its "
+    "`wsmon_probe_rtt_seconds` count and sum between the two scrapes; a baseline client counts "
+    "its own between `begin` and `end`. CPU per round trip is the CPU rate over the "
+    "round-trip rate. Wake-ups: voluntary context switches of the main thread. Rest of the "
+    "machine during the window, from /proc/stat: other processes (neither the client, the "
+    "node server nor this harness: other people's work; a high value means a noisier figure) "
+    "/ interrupts (much of it the loopback traffic) / time the hypervisor stole."
+)
+
+
+def _w1(w1: dict[str, Any]) -> list[str]:
+    f = w1["floor"]
+    rounds = f.get("rounds", 1)
+    ratios = "; ".join(f"{W1_NAMES[k]} {ratio_text(w1, k)}" for k in w1["ratio"])
+    ticks = max(abs(w1[k]["cpu_s"] - w1[k]["cpu_ticks_s"]) for k in W1_LABELS if k in w1)
+    return [
+        "### 1. CPU per probe round trip",
+        "",
+        f"{f['targets']} targets, 1 probe each per {w1.get('interval_s', 1):g} s; the clients "
+        f"run in turn, {rounds} times (rounds), each in its own process, with a window of "
+        f"{f['window_s'] / rounds:.1f} s after every connection was up and a warm-up. Each "
+        "round gives each client a ratio to that round's floor; the goals are judged on the "
+        f"median (the machine's drift then affects every client alike). {METHOD} The table "
+        "pools the rounds (CPU and round trips summed); its RTT and RSS are the last round's. "
+        f"utime + stime over the same spans agree with the CPU figures within {ticks:.2f} s "
+        "per client (they count whole clock ticks of 10 ms).",
+        "",
+        CLIENT_HEAD,
+        *(_client_row(W1_LABELS[k], w1[k]) for k in W1_LABELS if k in w1),
+        "",
+        f"Ratios to the floor: {ratios}. The `send_alignment` client "
+        f"(`{w1['wsmon_uvloop_aligned']['send_alignment']}`) is not the goal's configuration: "
+        "its sends go on a grid (the interval kept, the phase moved by less than the step), "
+        "so one wake-up sends several probes, at a cost in RTT precision (see "
+        "docs/performance.md). uvloop through `asyncio.Runner(loop_factory="
+        "uvloop.new_event_loop)`; the daemon is `monitor.app.Daemon` in the child's process, "
+        'built with `receive_path="auto"` (its self-test decides) or `"portable"`.',
+        "",
+    ]
+
+
+def _w2(w2: dict[str, Any]) -> list[str]:
+    d = w2["wsmon"]
+    lag = d["send_lag"]
+    empty, scraped = w2["empty"]["rss_before_scrape_kb"], d.get("rss_after_scrapes_kb", 0)
+    return [
+        "### 2. Capacity",
+        "",
+        f"{d['targets']} targets, 1 probe each per {w2['interval_s']:g} s, `send_alignment: "
+        f"{d['send_alignment']}` in the daemon's config (first sends on a grid of that step, "
+        "so that one wake-up sends several probes; the schedule itself is kept, see "
+        f"docs/performance.md). Window {d['window_s']:.1f} s: CPU {d['cpu_s']:.2f} s = "
+        f"{d['cpu_pct_of_core']:.2f} % of one core (utime + stime: {d['cpu_ticks_s']:.2f} s), "
+        f"{d['round_trips']} round trips "
+        f"({fmt(d['cpu_us_per_round_trip'])} us each), "
+        f"{fmt(d['wakeups_per_round_trip'], '.2f')} wake-ups per round trip; the rest of the "
+        f"machine meanwhile (other processes / interrupts / steal): {_rest(d)} CPU s. Probes "
+        "sent "
+        f"{d['probes_sent']}, timeouts {d['probe_timeouts']}, errors {d['probe_errors']}; "
+        f"RTT mean {fmt(d['rtt_mean_ms'], '.3f')} ms; garbage collections "
+        f"(`python_gc_collections_total`) {d['gc_collections']}.",
+        "",
+        f"Memory (VmRSS from `/proc/<pid>/status`, after the warm-up and before any scrape): "
+        f"{d['rss_before_scrape_kb']} KiB; the empty daemon (no targets) {empty} KiB: "
+        f"{w2['rss_kib_per_target']:.2f} KiB per target. After the scrapes of workloads 2 and "
+        f"3 (the exposition caches its text): {scraped} KiB = "
+        f"{fmt((scraped - empty) / d['targets'], '.2f')} KiB per target (informational); "
+        f"peak (VmHWM) at the end of the window {d['peak_rss_kb']} KiB.",
+        "",
+        f"Probe send lag (`wsmon_probe_send_lag_seconds`, its increase over the window: "
+        f"{lag['count']} sends): mean {fmt(lag['mean_ms'], '.3f')} ms (sum over count), p50 "
+        f"{fmt(lag['p50_ms'], '.2f')} ms and p99 {fmt(lag['p99_ms'], '.2f')} ms interpolated "
+        f"within the buckets as `histogram_quantile` does; "
+        f"{fmt(100 * lag['share_within_20ms'], '.3f')} % of the sends within 20 ms (exact: "
+        "a bucket bound). Buckets (le: sends): "
+        + ", ".join(f"{le:g}: {c:.0f}" for le, c in lag["buckets"])
+        + ".",
+        "",
+    ]
+
+
+def _w3(w3: dict[str, Any]) -> list[str]:
+    out = ["### 3. Scrape cost", ""]
+    for key in ("small", "large"):
+        if not (ph := w3.get(key)):
+            continue
+        ex, pt, threshold = ph["exposition"], ph["promtool"], ph["stall_threshold_ms"]
+        pt_text = (
+            "promtool not installed"
+            if not pt.get("available")
+            else f"`promtool check metrics`: exit {pt['exit']}"
+            + (f", output: `{pt['output'][:300]}`" if pt["output"] else ", no findings")
+        )
+        out.append(
+            f"- {ph['targets']} targets: {ph['scrape_s']['n']} scrapes in a row (gzip accepted, "
+            f"timed to the last byte): {', '.join(f'{x:.3f}' for x in ph['scrape_each_s'])} s; "
+            f"{ph['wire_bytes']} bytes on the wire, {ph['body_bytes']} uncompressed, "
+            f"{ex['samples']} samples in {ex['families']} families; targets with answered "
+            f"probes {ex['targets_with_answered_probes']} of {ph['targets']}; disconnects "
+            f"counted {ex['disconnects_total']:g} after the server dropped {ph['dropped']}. "
+            "Event-loop lag sensor (a 1 ms sleep loop in the daemon's process): max stall "
+            f"during scrapes {stall_text(ph['stall_during_scrapes_max_ms'], threshold)}, "
+            "outside scrapes (1 s before the first, 0.3 s between them) "
+            f"{stall_text(ph['stall_outside_scrapes_max_ms'], threshold)}; garbage "
+            f"collections between the first and the last scrape "
+            f"{ph['gc_collections_between_scrapes']}. {pt_text}."
+        )
+    for key in ("baseline_small", "baseline_large"):
+        if b := w3.get(key):
+            g = b["generate_latest_s"]
+            out.append(
+                f"- baseline, {b['targets']} targets: `generate_latest` mean {g['mean']:.3f} s, "
+                f"max {g['max']:.3f} s over {g['n']} calls; {b['series']} samples, {b['bytes']} "
+                f"bytes; registry from {b['source']}"
+                + (f" (monitor.metrics could not be used: {b['monitor_error']})"
+                   if b.get("monitor_error") else "") + "."
+            )  # fmt: skip
+    return [*out, ""]
+
+
+def _w4(w4: dict[str, Any]) -> list[str]:
+    wm = w4["wsmon"]
+    sc = wm.get("scraping", {})
+    out = [
+        "### 4. RTT fidelity under load",
+        "",
+        f"Server reply delay {w4['server_delay_ms']:g} ms, {wm['targets']} targets, one probe "
+        f"each per {w4['interval_s']:g} s, window {wm['window_s']:.1f} s each. wsmon was "
+        f"scraped every second ({sc.get('scrapes', 0)} besides the window's two edges, mean "
+        f"{fmt(sc.get('scrape_s', {}).get('mean'), '.3f')} s each); the floor was not. wsmon's "
+        "mean is over every round trip (`wsmon_probe_rtt_seconds` sum over count); its "
+        "percentiles are of `wsmon_probe_last_rtt_seconds` sampled at each scrape for every "
+        "probe answered since the previous one (about one sample per target and scrape: "
+        "`samples`). The floor's are over all its round trips.",
+        "",
+        "| client | receive path: hooks | round trips | excess mean ms | samples | p50 | p90 "
+        "| p99 | max | CPU % of a core |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (("floor", "floor (unscraped)"), ("wsmon", "wsmon (scraped 1/s)"),
+                       ("wsmon_portable", "wsmon, portable path (scraped 1/s)")):  # fmt: skip
+        if not (r := w4.get(key)):
+            continue
+        e = r["rtt_excess_ms"]
+        out.append(
+            f"| {label} | {_hooks(r)} | {r['round_trips']} | {excess(r, 'mean'):.3f} "
+            f"| {e.get('n', 0)} | {fmt(e.get('p50'), '.3f')} | {fmt(e.get('p90'), '.3f')} "
+            f"| {fmt(e.get('p99'), '.3f')} | {fmt(e.get('max'), '.3f')} "
+            f"| {fmt(r['cpu_pct_of_core'], '.1f')} |"
+        )
+    return [*out, ""]
+
+
+def _w5(w5: dict[str, Any]) -> list[str]:
+    return [
+        "### 5. Start-up",
+        "",
+        f"{w5['targets']} targets: config load {w5['config_s']:.2f} s, then from "
+        f"`Daemon.start()` (its self-test included) until the server held every connection "
+        f"{w5['connect_s']:.2f} s (the server's count polled every 50 ms); "
+        f"`wsmon_connected` then added up to {w5['connected']}. The server accepted "
+        f"{w5['server_connections_total']} connections, {w5['server_open']} open; it held "
+        f"every upgrade {w5['handshake_delay_ms']:g} ms before answering; at most "
+        f"{w5['max_upgrades_in_progress']} upgrades were in progress at once and at most "
+        f"{w5['max_pending_sockets']} accepted sockets not yet upgraded (limit {w5['limit']}).",
+        "",
+    ]
+
+
+def _profile(prof: dict[str, Any]) -> list[str]:
+    out = ["### Where wsmon spends CPU (workload 1 size, stock asyncio)", "", prof["note"], ""]
+    if prof["top"]:
+        out += ["| function | self % | total % |", "|---|---|---|"]
+        out += [f"| `{fn}` | {s:.1f} | {t:.1f} |" for fn, s, t in prof["top"]]
+        out.append("")
+    return out
+
+
+def details(res: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, part in (("w1", _w1), ("w2", _w2), ("w3", _w3), ("w4", _w4), ("w5", _w5),
+                      ("profile", _profile)):  # fmt: skip
+        if res.get(key):
+            out += part(res[key])
+    return out
+
+
+def ablation_details(a: dict[str, Any]) -> list[str]:
+    f = a["floor"]
+    rounds = a["rounds"]
+    head = (
+        "| configuration | receive path: hooks | CPU us / round trip (pooled) | ratio to "
+        "the floor (median; rounds) | CPU against every hook (median of the rounds) | RTT "
+        "mean ms | wake-ups / round trip | rest of the machine, CPU s |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    rows = []
+    for key, label in ABLATION_LABELS.items():
+        r = a[key]
+        if key == "floor":
+            ratio = vs = "-"
+        else:
+            ratio = ratio_text(a, key)
+            vs = "-" if key == "all" else f"{100 * a['vs_all'][key]:+.1f} %"
+        rows.append(
+            f"| {label} | {_hooks(r)} | {fmt(r['cpu_us_per_round_trip'])} | {ratio} | {vs} "
+            f"| {fmt(r['rtt_mean_ms'], '.3f')} | {fmt(r['wakeups_per_round_trip'], '.2f')} "
+            f"| {_rest(r)} |"
+        )
+    return [
+        f"Workload 1's setup ({f['targets']} targets, one probe each per {a['interval_s']:g} s) "
+        "with wsmon on "
+        f"uvloop, the clients in turn, {len(rounds)} rounds, windows of "
+        f"{f['window_s'] / len(rounds):.1f} s. `every hook` is the daemon as it starts "
+        "(its self-test decides); each `without` runs `Daemon(hooks=Hooks(...))` with that "
+        "field False (with the inbox among them, the daemon's self-test runs first in the "
+        "child: it is what installs aiohttp's queue subclass); `no hook` is "
+        '`receive_path="portable"`. The hooks each child ran with are checked against the '
+        f"ones intended. {METHOD}",
+        "",
+        head,
+        *rows,
+        "",
+        "Against every hook: the median over the rounds of that round's CPU per round trip "
+        "without the hook over the same round's with every hook, minus one (positive: the hook "
+        "saves CPU). Rounds (ratio to the floor): "
+        + "; ".join(
+            f"{i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
+            for i, r in enumerate(rounds)
+        )
+        + ".",
+        "",
+    ]
+
+
+def runs_text(runs: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """One line per run that produced the figures of `keys` (workloads grouped by run)."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        if key in runs:
+            groups.setdefault(json.dumps(runs[key], sort_keys=True, default=str), []).append(key)
+    out = []
+    for blob, keys_ in groups.items():
+        info = json.loads(blob)
+        m = info["machine"]
+        if m.get("monitor_rev"):
+            code = f"monitor/ as committed at `{m['monitor_rev']}` (`git archive`)"
+        else:
+            dirty = ", ".join(f"`{x.strip()}`" for x in m["monitor_dirty"]) or "none"
+            code = (f"monitor/ copied from the working tree at the start (digest "
+                    f"{m['monitor_digest']}; uncommitted changes: {dirty})")  # fmt: skip
+        moved = m.get("worktree_digest_end")
+        if moved and moved != m.get("worktree_digest_start"):
+            code += "; the working tree's monitor/ changed during the run (the copy did not)"
+        out.append(
+            f"- {', '.join(keys_)}: `{info['command']}` ({info['sizes']} sizes), "
+            f"{m['date_utc']}, commit `{m['commit']}`, {code}; load average at start "
+            f"{m['loadavg_start']}, at the end {m.get('loadavg_end')}; wall time of that run "
+            f"{info['wall_s']:.0f} s"
+        )
+    return out
+
+
+def machine_text(m: dict[str, Any]) -> str:
+    v = m["versions"]
+    return (
+        f'Machine: `nproc` {m["nproc"]}, CPU "{m["cpu"]}", Linux {m["kernel"]}, Python '
+        f"{m['python']} (aiohttp {v.get('aiohttp')}, websockets {v.get('websockets')}, uvloop "
+        f"{v.get('uvloop')}, prometheus_client {v.get('prometheus_client')}), node "
+        f"{v.get('node')} with ws {v.get('ws')}; RLIMIT_NOFILE hard limit {m['nofile']} per "
+        "process (each child raises its soft limit to it). The machine is shared: other "
+        "processes may have run at the same time (see the load average)."
+    )
+
+
+def render(merged: dict[str, Any]) -> str:
+    """The bench.run section of RESULTS.md, from the merged results."""
+    res = merged["results"]
+    keys = [k for k in ("1", "2", "3", "4", "5", "profile") if k in merged["runs"]]
+    out = [
+        MAIN[0],
+        "## Performance workloads (`bench/run.py`)",
+        "",
+        "Generated from what the runs below measured; figures are only comparable within one "
+        "run (each baseline runs in the same run, on the same node server). The daemon is "
+        "measured from outside: CPU and memory from `/proc/<pid>`, everything else from its "
+        "own `/metrics` (see `bench/measure.py`). How to run, from the repository root, in "
+        "the project's virtualenv (`pip install -e '.[dev]'`; Node.js >= 18 and npm on PATH, "
+        "`bench/node/node_modules` is installed with `npm ci` when missing): "
+        "`python -m bench.run [--quick] [--only 1,3] [--monitor-rev REV] [--profile] "
+        "[--no-write] [--json PATH]`, and `python -m bench.run --only 1 --hooks-ablation` "
+        "for the section after this one. `--quick` is a smoke test (`tests/test_bench.py`). "
+        "The children run monitor/ from a copy made at the start (or as committed at "
+        "`--monitor-rev REV`), so that edits made meanwhile stay out of a run. Every figure "
+        "is also in `bench/results.json`.",
+        "",
+        "Runs these figures come from (workload: command):",
+        "",
+        *runs_text(merged["runs"], keys),
+        "",
+        machine_text(merged["machine"]),
+        "",
+        "### Goals",
+        "",
+        "Stated once, in `GOALS` of `bench/report.py`; the judged rows run wsmon on its "
+        "default receive path (the hooks its start-up self-test proves: "
+        '`wsmon_build_info{receive_path="hooked"}`, checked at every window).',
+        "",
+        goals_table(),
+        "",
+        "### Figures",
+        "",
+        table(judge(res)),
+        "",
+        *details(res),
+        MAIN[1],
+    ]
+    return "\n".join(out) + "\n"
+
+
+def render_ablation(merged: dict[str, Any]) -> str:
+    """The hooks-ablation section of RESULTS.md."""
+    return "\n".join([
+        ABLATION[0],
+        "## What each hook buys (`bench/run.py --hooks-ablation`)",
+        "",
+        *runs_text(merged["runs"], ["ablation"]),
+        "",
+        *ablation_details(merged["results"]["ablation"]),
+        ABLATION[1],
+    ]) + "\n"  # fmt: skip
