@@ -1,10 +1,10 @@
 """wsmon's reaches into names aiohttp and json do not export, each behind a guard.
 
 None of these is needed for correct results: without them the daemon receives through
-`ClientWebSocketResponse.receive()`, sends through `send_frame()` and parses with
-`json.loads` (the portable path). They exist for truth of measurement (`ReadStamp`: a round
-trip ends when its reply is read, not when a task gets its turn) and for the CPU goals of
-docs/performance.md (`DirectQueue`, `write_frame`, `scan_once`). Each is looked up with
+`ClientWebSocketResponse.receive()` and parses with `json.loads` (the portable path). They
+exist for truth of measurement (`ReadStamp`: a round trip ends when its reply is read, not
+when a task gets its turn) and for the CPU goals of docs/performance.md (`DirectQueue`,
+`scan_once`); docs/performance.md says what each buys. Each is looked up with
 `getattr`, so a release that renamed or dropped a name cannot stop start-up, and each is
 switched on only by `monitor.selftest`, which proves it on a loopback connection first.
 """
@@ -34,7 +34,6 @@ class Hooks:
 
     stamp: bool = False  # ReadStamp: round trips end at the read
     inbox: bool = False  # DirectQueue: replies handled without waking the receive task
-    writer: bool = False  # write_frame: requests written without a coroutine
     scan: bool = False  # scan_once: one-object replies parsed without json.loads's layers
 
     @property
@@ -43,7 +42,7 @@ class Hooks:
         return "hooked" if self.inbox else "portable"
 
     def names(self) -> list[str]:
-        return [name for name in ("stamp", "inbox", "writer", "scan") if getattr(self, name)]
+        return [name for name in ("stamp", "inbox", "scan") if getattr(self, name)]
 
 
 PORTABLE = Hooks()
@@ -94,41 +93,6 @@ class ReadStamp:
         stamp = cls(proto._data_received_cb)
         proto._data_received_cb = stamp
         return stamp
-
-
-# --- write_frame -----------------------------------------------------------------------------
-
-# The largest header of a client frame: 2 bytes, 8 of extended length and a 4-byte mask.
-MAX_HEADER = 14
-_WRITER_NEEDS = ("_write_websocket_frame", "_closing", "_output_size", "_limit", "compress")
-
-
-def frame_writer(ws: ClientWebSocketResponse) -> Any | None:
-    """aiohttp's frame writer of the connection, where `write_frame` can use it; else None."""
-    writer = getattr(ws, "_writer", None)
-    if writer is None or not all(hasattr(writer, name) for name in _WRITER_NEEDS):
-        return None
-    return writer
-
-
-def write_frame(writer: Any, payload: bytes, opcode: int) -> bool:
-    """Write a frame at once, where aiohttp's own `send_frame` would too; True if written.
-
-    `send_frame` is a coroutine around a plain method that builds, masks and writes the
-    frame; for an uncompressed frame it only awaits when its count of bytes written passes
-    its limit. This calls that method directly when the frame keeps the count within the
-    limit. Otherwise (or when `send_frame` would compress or refuse the frame) it writes
-    nothing and returns False, and the caller goes through `send_frame`, which also resets
-    the count. Raises what `send_frame` raises when the transport is closing.
-    """
-    if (
-        writer.compress
-        or writer._closing
-        or writer._output_size + len(payload) + MAX_HEADER > writer._limit
-    ):
-        return False
-    writer._write_websocket_frame(payload, opcode, 0)
-    return True
 
 
 # --- DirectQueue -----------------------------------------------------------------------------

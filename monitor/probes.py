@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import WSMsgType
 
-from .aiohooks import write_frame
 from .clock import start_eagerly
 from .config import ProbeConfig
 from .correlation import Correlator, Pending, PongWaiters, Reply
@@ -178,12 +177,8 @@ class ProbeRun:
         self.waiters.register(pending)
         pending.sent_wall = time.time()
         pending.sent_at = time.perf_counter()  # the clock starts right before the write
-        writer = session.writer
         try:
-            if writer is not None and write_frame(writer, payload, opcode):
-                rest = None
-            else:
-                rest = start_eagerly(session.ws.send_frame(payload, opcode))
+            rest = start_eagerly(session.ws.send_frame(payload, opcode))
         except SEND_ERRORS as exc:
             self._failed(pending, exc)
             return

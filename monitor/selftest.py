@@ -30,9 +30,7 @@ from .aiohooks import (
     ReadStamp,
     aiohttp_tested,
     direct_queue,
-    frame_writer,
     json_scanner,
-    write_frame,
 )
 from .replies import make_parser
 from .session import INBOX_KINDS
@@ -78,7 +76,6 @@ class Transcript:
     server: list[tuple[Any, ...]] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)  # the server's sends, perf_counter()
     to_inbox: int = 0  # messages the client's DirectQueue handed over
-    written: int = 0  # frames `write_frame` wrote itself
     stamped: bool = True  # every message's read stamp came after the server sent it
     done: asyncio.Event = field(default_factory=asyncio.Event)  # the server's side ended
 
@@ -123,7 +120,7 @@ async def _prove(queue: QueueHook) -> tuple[Hooks, dict[str, str]]:
     async with _Server() as server, aiohttp.ClientSession() as http:
         baseline = await _exchange(http, server, PORTABLE)
         # The queue hook changes every connection made after it: it goes last, alone.
-        for name in ("stamp", "writer", "inbox"):
+        for name in ("stamp", "inbox"):
             if name == "inbox" and (problem := queue.install()) is not None:
                 reasons[name] = problem
                 continue
@@ -166,8 +163,6 @@ async def _difference(
             return f"the {end}'s message {at + 1} was {found!r}, not {expected!r}"
     if hooks.inbox and not seen.to_inbox:
         return "the queue handed no message to the inbox"
-    if hooks.writer and not seen.written:
-        return "write_frame wrote no frame itself"
     if hooks.stamp and not seen.stamped:
         return "the read stamp did not follow the reads"
     return None
@@ -186,28 +181,16 @@ async def _exchange(http: aiohttp.ClientSession, server: _Server, hooks: Hooks) 
         stamp = ReadStamp.install(ws) if hooks.stamp else None
         if hooks.stamp and stamp is None:
             raise RuntimeError("no data-received callback to wrap")
-        writer = frame_writer(ws) if hooks.writer else None
-        if hooks.writer and writer is None:
-            raise RuntimeError("no frame writer")
         queue = direct_queue(ws) if hooks.inbox else None
         if hooks.inbox and queue is None:
             raise RuntimeError("the connection's queue is not a DirectQueue")
-        await _send(ws, writer, HELLO.encode(), WSMsgType.TEXT, seen)
-        await _send(ws, writer, CLIENT_PING, WSMsgType.PING, seen)
+        await ws.send_frame(HELLO.encode(), WSMsgType.TEXT)
+        await ws.send_frame(CLIENT_PING, WSMsgType.PING)
         await _receive(ws, queue, stamp, seen)
     finally:
         await ws.close()
     await seen.done.wait()
     return seen
-
-
-async def _send(
-    ws: Any, writer: Any | None, payload: bytes, opcode: WSMsgType, seen: Transcript
-) -> None:
-    if writer is not None and write_frame(writer, payload, opcode):
-        seen.written += 1
-    else:
-        await ws.send_frame(payload, opcode)
 
 
 async def _receive(ws: Any, queue: Any | None, stamp: ReadStamp | None, seen: Transcript) -> None:

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 from structlog.typing import FilteringBoundLogger
 
-from .aiohooks import Hooks, ReadStamp, direct_queue, frame_writer, json_scanner
+from .aiohooks import Hooks, ReadStamp, direct_queue, json_scanner
 from .clock import Clock
 from .config import TargetConfig
 from .correlation import Correlator, PongWaiters, Reply
@@ -96,7 +96,7 @@ class Session:
 
     __slots__ = (
         "_closer", "_ended", "_failure", "_local", "correlator", "log", "m", "pongs", "queue",
-        "reads", "rng", "runtime", "target", "writer", "ws",
+        "reads", "rng", "runtime", "target", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -122,7 +122,6 @@ class Session:
         self._ended = False
         hooks = runtime.hooks
         self.reads = ReadStamp.install(ws) if hooks.stamp else None
-        self.writer = frame_writer(ws) if hooks.writer else None  # None: send_frame
         self.queue = direct_queue(ws) if hooks.inbox else None  # None: all through receive()
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -4,7 +4,6 @@ daemon's numbers true either way, including on a simulated future aiohttp."""
 from __future__ import annotations
 
 import asyncio
-import json
 import platform
 import re
 import time
@@ -29,15 +28,13 @@ from monitor.aiohooks import (
     QueueHook,
     aiohttp_tested,
     direct_queue_class,
-    frame_writer,
-    write_frame,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
 BUILD = {"version": __version__, "python": platform.python_version()}
 HOOKED_ONLY = pytest.mark.parametrize("receive_path", ["hooked"], indirect=True)
-ALL_HOOKS = ("stamp", "inbox", "writer", "scan")
+ALL_HOOKS = ("stamp", "inbox", "scan")
 
 
 def receive_path_of(h: Harness) -> str:
@@ -142,7 +139,7 @@ class TestSelfTest:
         assert pinned is not None
         if aiohttp.__version__ != pinned.group(1):
             pytest.skip(f"aiohttp {aiohttp.__version__} is not the locked {pinned.group(1)}")
-        assert proven_hooks == Hooks(stamp=True, inbox=True, writer=True, scan=True)
+        assert proven_hooks == Hooks(stamp=True, inbox=True, scan=True)
 
     def test_pyproject_states_the_tested_range(self) -> None:
         """The aiohttp range in pyproject.toml is the one the hooks accept, with an upper
@@ -294,27 +291,6 @@ class TestHookMechanics:
         assert "feed_data" in reason
         assert aiohttp.client.WebSocketDataQueue is Other
 
-    async def test_frames_are_written_directly_until_the_writers_limit(
-        self, server: WSTestServer, proven_hooks: Hooks
-    ) -> None:
-        """`write_frame` writes while aiohttp's count of bytes stays under its limit and
-        declines the frame that would pass it (the caller then uses `send_frame`, which
-        resets the count); the server receives every frame either way."""
-        require_hooks(proven_hooks, "writer")
-        async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
-            writer = frame_writer(ws)
-            assert writer is not None
-            for n in range(5):
-                assert write_frame(writer, json.dumps({"ping": 1, "req_id": n}).encode(), 1)
-            writer._output_size = writer._limit - 20  # the next frame would pass the limit
-            payload = json.dumps({"ping": 1, "req_id": 5}).encode()
-            assert not write_frame(writer, payload, WSMsgType.TEXT)
-            await ws.send_frame(payload, WSMsgType.TEXT)
-            assert writer._output_size < 1000  # reset by send_frame
-            assert write_frame(writer, json.dumps({"ping": 1, "req_id": 6}).encode(), 1)
-            await server.wait_for(lambda: server.request_count("ping") == 7)
-        assert [r["req_id"] for r in server.requests] == list(range(7))
-
     @HOOKED_ONLY
     async def test_replies_never_wake_the_receive_loop(
         self,
@@ -422,14 +398,10 @@ async def test_a_failure_in_a_probes_send_is_contained(
     session too: `session.failed`, a 1011 close the server receives, `wsmon_up` 0 while the
     fault lasts, and the target connects again."""
 
-    def broken(*_: Any) -> Any:
-        raise AttributeError("broken send")
-
     def broken_eagerly(send: Any) -> Any:
         send.close()  # the send_frame coroutine it was given
         raise AttributeError("broken send")
 
-    monkeypatch.setattr(probes, "write_frame", broken)
     monkeypatch.setattr(probes, "start_eagerly", broken_eagerly)
     h = await start_daemon(
         target("t", server.url, probes=[{**PING, "interval": "100ms", "timeout": "90ms"}])
