@@ -38,7 +38,7 @@ from typing import Any
 from .common import DiscardingStream, emit, raise_nofile, summary
 
 CONNECT_CONCURRENCY = 50  # the baselines open connections like wsmon: 50 handshakes at once
-HOOK_NAMES = ("stamp", "inbox", "scan")  # the fields of monitor.aiohooks.Hooks
+HOOK_NAMES = ("stamp", "inbox")  # the fields of monitor.aiohooks.Hooks
 
 
 class Recorder:

@@ -33,7 +33,6 @@ ABLATION_LABELS = {
     "all": "every hook (the default path)",
     "no_stamp": "without `stamp` (ReadStamp)",
     "no_inbox": "without `inbox` (DirectQueue)",
-    "no_scan": "without `scan` (scan_once)",
     "none": 'no hook (`receive_path="portable"`)',
 }
 

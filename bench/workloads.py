@@ -132,7 +132,7 @@ W1_CLIENTS = (
     Client("wsmon_uvloop_portable", "wsmon", "uvloop", "portable", PORTABLE),
     Client("wsmon_uvloop_aligned", "wsmon", "uvloop", "hooked"),  # + --send-alignment
 )
-HOOKS = ("stamp", "inbox", "scan")
+HOOKS = ("stamp", "inbox")
 
 
 def _without(hook: str) -> Client:

@@ -1,17 +1,16 @@
-"""wsmon's reaches into names aiohttp and json do not export, each behind a guard.
+"""wsmon's reaches into names aiohttp does not export, each behind a guard.
 
-None of these is needed for correct results: without them the daemon receives through
-`ClientWebSocketResponse.receive()` and parses with `json.loads` (the portable path). They
-exist for truth of measurement (`ReadStamp`: a round trip ends when its reply is read, not
-when a task gets its turn) and for the CPU goals of docs/performance.md (`DirectQueue`,
-`scan_once`); docs/performance.md says what each buys. Each is looked up with
-`getattr`, so a release that renamed or dropped a name cannot stop start-up, and each is
-switched on only by `monitor.selftest`, which proves it on a loopback connection first.
+Neither is needed for correct results: without them the daemon receives through
+`ClientWebSocketResponse.receive()` (the portable path). They exist for truth of
+measurement (`ReadStamp`: a round trip ends when its reply is read, not when a task gets its
+turn) and for the CPU goals of docs/performance.md (`DirectQueue`), which says what each
+buys. Each is looked up with `getattr`, so a release that renamed or dropped a name cannot
+stop start-up, and each is switched on only by `monitor.selftest`, which proves it on a
+loopback connection first.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ class Hooks:
 
     stamp: bool = False  # ReadStamp: round trips end at the read
     inbox: bool = False  # DirectQueue: replies handled without waking the receive task
-    scan: bool = False  # scan_once: one-object replies parsed without json.loads's layers
 
     @property
     def receive_path(self) -> str:
@@ -42,7 +40,7 @@ class Hooks:
         return "hooked" if self.inbox else "portable"
 
     def names(self) -> list[str]:
-        return [name for name in ("stamp", "inbox", "scan") if getattr(self, name)]
+        return [name for name in ("stamp", "inbox") if getattr(self, name)]
 
 
 PORTABLE = Hooks()
@@ -172,12 +170,3 @@ def direct_queue(ws: ClientWebSocketResponse) -> Any | None:
     """The connection's `DirectQueue`, or None when aiohttp built its own."""
     queue = getattr(ws, "_reader", None)
     return queue if getattr(type(queue), "wsmon_direct", False) else None
-
-
-# --- JSON --------------------------------------------------------------------------------------
-
-
-def json_scanner() -> Callable[[str, int], tuple[Any, int]] | None:
-    """The scanner `json.loads` runs (the default decoder's), or None where it has none."""
-    scan = getattr(json.JSONDecoder(), "scan_once", None)
-    return scan if callable(scan) else None

@@ -5,43 +5,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 from .config import ProbeConfig
 
 Outcome = Literal["ok", "api_error", "unexpected_reply", "invalid_json"]
-Parse = Callable[[str], dict[str, Any] | None]
-Scanner = Callable[[str, int], tuple[Any, int]]
 
 
-def make_parser(scan: Scanner | None) -> Parse:
-    """A parser of text frames: the JSON object in the text, or None when it is not one,
-    exactly as `json.loads` reads it. With `scan` (json's own scanner, a hook), a text that
-    is one object with nothing around it (nearly every reply) skips `json.loads`'s layers;
-    anything else goes through `json.loads`, which decides."""
-
-    def loads(text: str) -> dict[str, Any] | None:
-        try:
-            value = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            return None
-        return value if isinstance(value, dict) else None
-
-    if scan is None:
-        return loads
-
-    def scanned(text: str) -> dict[str, Any] | None:
-        if text[:1] == "{":
-            try:
-                value, end = scan(text, 0)
-            except (StopIteration, ValueError, RecursionError):  # what json.loads fails on
-                return None
-            if end == len(text):
-                return value  # type: ignore[no-any-return]
-        return loads(text)
-
-    return scanned
+def parse(text: str) -> dict[str, Any] | None:
+    """The JSON object in a text frame, or None when it is not one (other JSON values,
+    garbage, absurdly deep nesting)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 _SCALARS = (str, int, float)

@@ -1,18 +1,16 @@
 """The start-up self-test that decides which of `monitor.aiohooks` the daemon may use.
 
-Each aiohttp hook is proven on a real WebSocket over loopback before any target uses it: the
-same exchange (text, binary, ping and pong both ways, a close frame with a code and a reason)
-runs once on the portable path, once per hook and once with every hook that passed, and a
-hook is kept only if what both ends saw is exactly what the portable path saw (and the hook
-did its part). The JSON scan is compared with `json.loads` on sample texts. An aiohttp
-outside the tested range, or a self-test that cannot run at all, leaves every hook off.
-Each hook left off is logged once (`hooks.disabled`) with its reason.
+Each hook is proven on a real WebSocket over loopback before any target uses it: the same
+exchange (text, binary, ping and pong both ways, a close frame with a code and a reason) runs
+once on the portable path, once per hook and once with every hook that passed, and a hook is
+kept only if what both ends saw is exactly what the portable path saw (and the hook did its
+part). An aiohttp outside the tested range, or a self-test that cannot run at all, leaves
+every hook off. Each hook left off is logged once (`hooks.disabled`) with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -30,9 +28,7 @@ from .aiohooks import (
     ReadStamp,
     aiohttp_tested,
     direct_queue,
-    json_scanner,
 )
-from .replies import make_parser
 from .session import INBOX_KINDS
 
 # What the client sends; the server answers every ping and then plays SCRIPT.
@@ -50,22 +46,6 @@ CLOSE_REASON = "self-test done"
 # A bound on one exchange (a hook that hangs it fails), and on the whole self-test.
 EXCHANGE_TIMEOUT = 1.0
 TIMEOUT = 5.0
-
-# Texts whose parse must equal json.loads's: one object, spacing, nesting, big numbers,
-# and what is not one object.
-JSON_SAMPLES = (
-    '{"msg_type":"ping","ping":"pong","echo_req":{"ping":1,"req_id":7},"req_id":7}',
-    '{"a": [1, 2.5, -3e10, true, false, null], "b": {"c": "\\u00e9\\n"}}',
-    '{"n": 123456789012345678901234567890, "f": 1e400}',
-    ' {"padded": 1} ',
-    '{"a":1}{"b":2}',
-    '{"unterminated": ',
-    "[1, 2]",
-    '"text"',
-    "",
-    "{}",
-    '{"nan": NaN}',
-)
 
 
 @dataclass
@@ -97,11 +77,6 @@ async def decide(log: FilteringBoundLogger, portable: bool = False) -> Hooks:
     finally:
         if not hooks.inbox:  # also when cancelled: aiohttp gets its own queue class back
             queue.uninstall()
-    scan_problem = _check_scan()
-    if scan_problem is None:
-        hooks = replace(hooks, scan=True)
-    else:
-        reasons["scan"] = scan_problem
     for hook, reason in reasons.items():
         log.warning("hooks.disabled", hook=hook, reason=reason)
     log.info("hooks.enabled", hooks=hooks.names(), receive_path=hooks.receive_path)
@@ -291,19 +266,3 @@ class _Server:
                 seen.server.append(("client's close code", ws.close_code))
                 break
         return ws
-
-
-def _check_scan() -> str | None:
-    """Why the JSON scan cannot be used; None when it parses every sample as json.loads."""
-    scan = json_scanner()
-    if scan is None:
-        return "json.JSONDecoder has no scan_once"
-    fast, plain = make_parser(scan), make_parser(None)
-    for text in JSON_SAMPLES:
-        try:
-            got, want = fast(text), plain(text)
-        except Exception as exc:
-            return f"parsing {text!r} raised {type(exc).__name__}: {exc}"
-        if json.dumps(got, sort_keys=True) != json.dumps(want, sort_keys=True):
-            return f"parsed {text!r} as {got!r}, json.loads as {want!r}"
-    return None

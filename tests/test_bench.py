@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 RESULTS_JSON = ROOT / "bench" / "results.json"
-HOOKS = ["inbox", "scan", "stamp"]
+HOOKS = ["inbox", "stamp"]
 
 
 def _digest(path: Path) -> str | None:

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from monitor import config, probes, replies
-from monitor.aiohooks import Hooks, json_scanner
+from monitor.aiohooks import Hooks
 from monitor.config import ConfigError, ProbeConfig
 from monitor.config.model import RawConfig
 from monitor.correlation import Correlator, Pending, Reply
@@ -120,23 +120,13 @@ def shallow(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 # --- 1. the reply parser -------------------------------------------------------------------
 
-PLAIN = replies.make_parser(None)
-SCANNED = replies.make_parser(json_scanner())
-
-
-def parse_both(text: str) -> dict[str, Any] | None:
-    """The reply parser with json's scanner (the hook) and without it, which must agree."""
-    scanned = SCANNED(text)
-    assert canonical(scanned) == canonical(PLAIN(text))
-    return scanned
-
 
 @FUZZ
 @given(st.text())
 def test_parse_arbitrary_text(text: str) -> None:
     """parse never raises on any text; it returns the JSON object exactly when the text is
     one, and None for everything else (other JSON values, garbage)."""
-    got = parse_both(text)
+    got = replies.parse(text)
     want = reference_parse(text)
     if want is None:
         assert got is None
@@ -150,7 +140,7 @@ def test_parse_arbitrary_text(text: str) -> None:
 def test_parse_arbitrary_bytes(text: str) -> None:
     """parse never raises on arbitrary bytes (decoded as a text frame would be, with
     replacement characters) and returns a dict or None."""
-    got = parse_both(text)
+    got = replies.parse(text)
     assert got is None or isinstance(got, dict)
     assert (got is None) == (reference_parse(text) is None)
 
@@ -161,7 +151,7 @@ def test_parse_any_json_value(value: Any, pad: str) -> None:
     """For json.dumps of any JSON value (NaN, ±Infinity and integers of hundreds of digits
     included), parse returns an equal dict exactly when the value is an object, else None."""
     text = pad + json.dumps(value) + pad
-    got = parse_both(text)
+    got = replies.parse(text)
     if isinstance(value, dict):
         assert isinstance(got, dict)
         assert canonical(got) == canonical(value)
@@ -178,7 +168,7 @@ def test_parse_any_json_value(value: Any, pad: str) -> None:
 def test_parse_agrees_with_json_loads_around_an_object(text: str) -> None:
     """Text that starts like an object, with or without something after it, parses
     exactly as `json.loads` reads it: trailing whitespace is fine, trailing data is not."""
-    assert canonical(shallow(parse_both, text)) == canonical(reference_parse(text))
+    assert canonical(shallow(replies.parse, text)) == canonical(reference_parse(text))
 
 
 def test_parse_large_object() -> None:
@@ -186,17 +176,17 @@ def test_parse_large_object() -> None:
     big = {"req_id": 7, "data": list(range(150_000)), "blob": "x" * 200_000}
     text = json.dumps(big)
     assert len(text) > 1_000_000
-    assert parse_both(text) == big
-    assert parse_both(text[:-1]) is None
-    assert parse_both(json.dumps(big["data"])) is None
-    assert parse_both("x" * 1_000_000) is None
+    assert replies.parse(text) == big
+    assert replies.parse(text[:-1]) is None
+    assert replies.parse(json.dumps(big["data"])) is None
+    assert replies.parse("x" * 1_000_000) is None
 
 
 def test_parse_moderately_nested() -> None:
     """Nesting well inside the recursion limit parses normally."""
-    assert parse_both("[" * 200 + "]" * 200) is None
+    assert replies.parse("[" * 200 + "]" * 200) is None
     nested = '{"a":' * 200 + "1" + "}" * 200
-    got = parse_both(nested)
+    got = replies.parse(nested)
     assert isinstance(got, dict)
     assert "a" in got
 
@@ -211,7 +201,7 @@ DEEP = [
 @pytest.mark.parametrize("text", DEEP)
 def test_parse_deeply_nested(text: str) -> None:
     """Deeply nested JSON (10,000 levels, a 10-20 KB frame) is not a crash: parse -> None."""
-    assert shallow(parse_both, text) is None
+    assert shallow(replies.parse, text) is None
 
 
 # --- 2. correlation ------------------------------------------------------------------------
@@ -236,7 +226,7 @@ messages = st.one_of(
         ids,
     ),
     # As the receive loop sees them: whatever parse makes of the text.
-    st.text(max_size=40).map(SCANNED),
+    st.text(max_size=40).map(replies.parse),
 )
 
 
@@ -319,7 +309,7 @@ reply_objects = st.one_of(
     st.none(),
     json_objects,
     st.builds(lambda extra, err: {**extra, "error": err}, json_objects, errors),
-    st.text(max_size=40).map(SCANNED),
+    st.text(max_size=40).map(replies.parse),
 )
 expects = st.one_of(st.none(), json_objects)
 
@@ -436,7 +426,7 @@ def test_server_time_offset_total(
 @pytest.mark.parametrize("digits", [309, 400, 4000])
 def test_server_time_offset_int_beyond_float_range(digits: int) -> None:
     """A reply whose `time` is an integer too large for a float has no usable epoch: None."""
-    msg = SCANNED('{"req_id": 1, "time": 1' + "0" * digits + "}")
+    msg = replies.parse('{"req_id": 1, "time": 1' + "0" * digits + "}")
     assert msg is not None
     assert replies.server_time_offset(msg, 1.7e9, 0.01) is None
 
@@ -475,7 +465,7 @@ def make_session(field: str | None) -> tuple[Session, Any]:
     metrics = Metrics(registry).for_target("t", [("ping", "message")])
     log = Logging("json", "info", stream=io.StringIO()).logger
     ws: Any = DummyWS()
-    runtime = Runtime.create(asyncio.new_event_loop(), Hooks(scan=True))
+    runtime = Runtime.create(asyncio.new_event_loop(), Hooks())
     return Session(session_target(field), ws, metrics, log, runtime, random.Random(0)), registry
 
 
@@ -510,7 +500,7 @@ def test_session_counts_every_unmatched_frame(field: str | None, batch: list[str
     if field is None:
         assert counts["unknown_id"] == len(batch)
     else:
-        assert counts["invalid_json"] == sum(SCANNED(t) is None for t in batch)
+        assert counts["invalid_json"] == sum(replies.parse(t) is None for t in batch)
 
 
 @FUZZ
@@ -538,7 +528,7 @@ def test_session_with_waiting_probes(
     for p in done:
         reply = REPLIES[id(p)]
         assert reply.raw in batch
-        assert canonical(reply.message) == canonical(SCANNED(reply.raw))
+        assert canonical(reply.message) == canonical(replies.parse(reply.raw))
         if field is not None:
             assert reply.message is not None
             assert reply.message[field] == p.key
