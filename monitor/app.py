@@ -12,12 +12,14 @@ import aiohttp
 from aiohttp import web
 
 from . import config as config_mod
-from . import selftest
+from . import fdbudget, selftest
 from .aiohooks import Hooks
+from .clock import LagSampler
 from .collector import FREEZE_EVERY, Collector
 from .config import Config, ConfigError, parse_listen
 from .exposition import build_app
 from .handshake import dns_timing, socket_factory
+from .httpguard import Guard
 from .log import Logging
 from .metrics import Metrics
 from .registry import Registry
@@ -27,6 +29,10 @@ from .systemd import Notifier
 from .web import WebSecurity
 
 SHUTDOWN_CLOSE_CODE = 1001  # going away
+LAG_EVERY = 1.0  # seconds between samples of the event loop's lag
+# Descriptors kept free beyond the HTTP side's and the lookups' reserve: files and sockets
+# the daemon opens for a moment (a scrape's /proc reads, connections being torn down).
+GATE_SLACK = 16
 
 
 class Daemon:
@@ -82,6 +88,10 @@ class Daemon:
         self.runtime: Runtime | None = None
         self._web_watch: asyncio.Task[None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
+        self._lag: LagSampler | None = None
+        self._server: asyncio.Server | None = None
+        self._guard: Guard | None = None
+        self._fds_held = 0
         self.collector = Collector(self.log)
         self._gc_wake = asyncio.Event()  # a reload restarts the gc schedule's ticks
 
@@ -119,36 +129,78 @@ class Daemon:
             self.rng,
             stop_timeout=self.stop_timeout,
         )
-        host, port = parse_listen(self.listen_override or self.config.listen)
-        self._runner = web.AppRunner(
-            build_app(
-                self.registry,
-                self._readiness,
-                self._reload_from_http,
-                [self.web.middleware],
-                [self.web.add_headers],
-            ),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=1.0,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.web.server_ssl_context())
-        await site.start()
+        await self._listen()
         self._web_watch = asyncio.create_task(self._watch_web(), name="web-config-watch")
         self._gc_task = asyncio.create_task(self._manage_gc(), name="gc-schedule")
-        sockets = self._runner.addresses
-        self.port = int(sockets[0][1]) if sockets else port
+        self._lag = LagSampler(self.runtime.clock, LAG_EVERY, self.metrics.loop_lag.observe)
         self.logging.redactor.secrets |= self.config.secrets
+        # What the daemon holds before its targets: the rest of the limit, less the HTTP
+        # side's reserve, is theirs.
+        self._fds_held = fdbudget.open_fds()
+        self._check_fds(self.config)
         await self.supervisor.apply(self.config)
         self._loaded()
         self.log.info(
             "config.loaded",
             source=self.config.source,
             targets=len(self.config.targets),
-            listen=f"{host}:{self.port}",
+            listen=f"{parse_listen(self.listen_override or self.config.listen)[0]}:{self.port}",
         )
         self.notifier.ready(f"monitoring {len(self.config.targets)} targets")
+
+    async def _listen(self) -> None:
+        """Serve HTTP, bounded (`monitor.httpguard`): aiohttp's server behind a guard of
+        its connections, on a listening socket of our own."""
+        http = self.config.http
+        host, port = parse_listen(self.listen_override or self.config.listen)
+        self._guard = Guard(http, self.metrics.http_connections, self.metrics.http_dropped)
+        self._runner = web.AppRunner(
+            build_app(
+                self.registry,
+                self._readiness,
+                self._reload_from_http,
+                [self._guard.middleware, self.web.middleware],
+                [self.web.add_headers],
+            ),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            # aiohttp's own idle close comes after the guard's, which counts it.
+            keepalive_timeout=http.idle_timeout + 1.0,
+            max_line_size=http.max_header_bytes,
+            max_field_size=http.max_header_bytes,
+        )
+        await self._runner.setup()
+        assert self._runner.server is not None
+        self._guard.factory = self._runner.server
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard,
+            host or None,
+            port,
+            ssl=self.web.server_ssl_context(),
+            backlog=128,
+            reuse_address=True,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1]) if self._server.sockets else port
+
+    def _check_fds(self, config: Config) -> None:
+        """Raise the open files limit, give targets what is left after the daemon's own and
+        the HTTP side's reserve, and say once when that is short of what `config` needs."""
+        limit = fdbudget.raise_limit()
+        assert self.supervisor is not None
+        self.supervisor.limits.fds.configure(
+            limit, self._fds_held, fdbudget.reserve_for(config) - fdbudget.BASE_RESERVE + GATE_SLACK
+        )
+        budget = fdbudget.budget(config, limit)
+        if budget.short:
+            self.log.warning(
+                "fd_budget.short",
+                targets=budget.targets,
+                needed=budget.needed,
+                limit=limit,
+                connections_allowed=self.supervisor.limits.fds.allowed,
+                advice=budget.advice(),
+            )
 
     @property
     def metrics_url(self) -> str:
@@ -200,6 +252,7 @@ class Daemon:
         self.logging.redactor.secrets |= new.secrets
         self.logging.level.level = self.log_level_override or new.log.level
         self.runtime.clock.alignment = new.send_alignment  # for connections opened from now on
+        self._check_fds(new)
         changes = await self.supervisor.apply(new)
         # What the old targets held is collected in full once the new ones have settled.
         self.collector.unsettle()
@@ -248,12 +301,18 @@ class Daemon:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self._lag is not None:
+            self._lag.stop()
         if self.supervisor is not None:
             await self.supervisor.stop(SHUTDOWN_CLOSE_CODE)
         if self.http is not None:
             await self.http.close()
+        if self._server is not None:
+            self._server.close()  # no new connections; those open are closed by the runner
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()
         self.log.info("shutdown.complete")
 
 

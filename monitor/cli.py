@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, speedups
+from . import __version__, fdbudget, speedups
 from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError
@@ -67,6 +67,12 @@ def _check(path: str) -> int:
         return 1
     probes = sum(len(t.probes) for t in cfg.targets)
     print(f"{path}: OK: {len(cfg.targets)} targets, {probes} probes, listen {cfg.listen}")
+    budget = fdbudget.budget(cfg, fdbudget.hard_limit())
+    if budget.short:
+        print(
+            f"{path}: warning: {budget.targets} targets need about {budget.needed} open files, "
+            f"and the limit here is {budget.limit}: {budget.advice()}"
+        )
     return 0
 
 

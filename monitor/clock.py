@@ -15,7 +15,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol
 
 
@@ -116,6 +116,32 @@ class Clock:
             self._armed = math.inf
             if heap:
                 self._arm(heap[0][0])
+
+
+class LagSampler:
+    """How late the event loop runs a timer, sampled every `every` seconds on the clock:
+    the daemon's own delay, which every round trip measured meanwhile may include. One entry
+    on a timer that probes share: no wake-up of its own where probes run often."""
+
+    __slots__ = ("clock", "due", "every", "observe", "seq")
+
+    def __init__(self, clock: Clock, every: float, observe: Callable[[float], None]) -> None:
+        self.clock = clock
+        self.every = every
+        self.observe = observe
+        self.due = clock.time() + every
+        self.seq = clock.call_at(self.due, self)
+
+    def fire(self) -> None:
+        now = self.clock.time()
+        self.observe(max(0.0, now - self.due))
+        self.due += self.every
+        if self.due <= now:  # stalled past a whole period: the next one from now
+            self.due = now + self.every
+        self.seq = self.clock.call_at(self.due, self)
+
+    def stop(self) -> None:
+        self.clock.cancel(self.seq)
 
 
 def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:

@@ -19,9 +19,10 @@ from aiohttp.connector import AddrInfoType
 
 from .config import TargetConfig, TCPConfig
 from .correlation import Correlator
+from .fdbudget import is_resource_error
 from .log import redact_url
 from .metrics import TargetMetrics
-from .replies import Parse, judge_auth
+from .replies import judge_auth, parse
 
 
 class ConnectFailed(Exception):
@@ -36,6 +37,8 @@ class ConnectFailed(Exception):
 
 def classify(exc: BaseException) -> str:
     """The `reason` label of a failed handshake."""
+    if is_resource_error(exc):  # out of descriptors or buffers: ours, not the peer's
+        return "resource"
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -184,9 +187,7 @@ async def _open(
         return ws, max(0.0, time.perf_counter() - started - sum(dns))
 
 
-async def authenticate(
-    ws: ClientWebSocketResponse, target: TargetConfig, m: TargetMetrics, parse: Parse
-) -> None:
+async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: TargetMetrics) -> None:
     """Send the target's auth message and wait for a good reply, before any probe runs.
 
     Raises ConnectFailed("auth", ...) after closing the connection; the message itself

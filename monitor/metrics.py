@@ -12,7 +12,9 @@ from .families import Family, Item, Series
 from .process import ProcessCollector
 from .registry import Registry
 
-CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "handshake", "auth", "other")
+CONNECT_FAILURE_REASONS = (
+    "dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "other",
+)  # fmt: skip
 PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
 UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id")
 # Disconnect series created up front: the ones alert rules look at first.
@@ -152,6 +154,32 @@ class Metrics:
             "histogram",
             buckets=LAG_BUCKETS,
         ).histogram()
+        self.throttled = Family(
+            r,
+            "wsmon_throttled_seconds",
+            "Seconds the connection's reading was paused because it delivered more than "
+            "max_messages_per_second.",
+            "counter",
+            t,
+        )
+        self.loop_lag = Family(
+            r,
+            "wsmon_event_loop_lag_seconds",
+            "How late the event loop ran a timer, sampled every second: the daemon's own delay.",
+            "histogram",
+            buckets=LAG_BUCKETS,
+        ).histogram()
+        self.http_connections = Family(
+            r, "wsmon_http_connections", "HTTP connections open now.", "gauge"
+        )
+        self.http_dropped = Family(
+            r,
+            "wsmon_http_connections_dropped",
+            "HTTP connections closed or refused by the daemon, by reason (header_timeout, "
+            "idle_timeout, evicted, refused).",
+            "counter",
+            ("reason",),
+        )
         self.targets = Family(r, "wsmon_targets", "Targets configured.", "gauge").labels()
         self.build_info = Family(
             r,
@@ -211,7 +239,7 @@ class Metrics:
             self.connect_duration, self.reconnects, self.disconnects, self.last_close_code,
             self.established, self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts,
             self.probe_errors, self.last_success, self.time_offset, self.messages_received,
-            self.unmatched,
+            self.unmatched, self.throttled,
         )  # fmt: skip
 
     def remove_target(self, name: str) -> None:
@@ -276,9 +304,9 @@ class TargetMetrics:
     """Pre-bound series of one target, so the hot path does no label lookups."""
 
     __slots__ = (
-        "_m", "_time_offset", "connect_attempts", "connect_duration", "connect_failures",
-        "connected", "established", "last_close_code", "messages_received", "probes",
-        "reconnects", "send_lag", "target", "unmatched", "up",
+        "_m", "_throttled", "_time_offset", "connect_attempts", "connect_duration",
+        "connect_failures", "connected", "established", "last_close_code", "messages_received",
+        "probes", "reconnects", "send_lag", "target", "unmatched", "up",
     )  # fmt: skip
 
     def __init__(self, m: Metrics, target: str, probes: tuple[tuple[str, str], ...]) -> None:
@@ -299,8 +327,16 @@ class TargetMetrics:
         self._time_offset: Series | None = None
         self.messages_received = m.messages_received.labels(target)
         self.unmatched = ByReason(m.unmatched, (target,), UNMATCHED_REASONS)
+        # Created when the target is first throttled: most never are, and a series per target
+        # would cost every scrape.
+        self._throttled: Series | None = None
         self.probes = {name: ProbeMetrics(m, target, name, kind) for name, kind in probes}
         self.send_lag = m.send_lag
+
+    def throttled(self, seconds: float) -> None:
+        if self._throttled is None:
+            self._throttled = self._m.throttled.labels(self.target)
+        self._throttled.inc(seconds)
 
     def set_time_offset(self, seconds: float) -> None:
         if self._time_offset is None:

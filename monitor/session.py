@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -14,13 +15,13 @@ import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 from structlog.typing import FilteringBoundLogger
 
-from .aiohooks import Hooks, ReadStamp, direct_queue, json_scanner
+from .aiohooks import Hooks, ReadStamp, direct_queue
 from .clock import Clock
 from .config import TargetConfig
 from .correlation import Correlator, PongWaiters, Reply
 from .metrics import TargetMetrics
 from .probes import Liveness, ProbeRun
-from .replies import Parse, make_parser
+from .replies import parse
 
 # Close codes that never travel in a close frame (RFC 6455, section 7.4.1).
 NO_STATUS = 1005
@@ -75,19 +76,17 @@ class Inbox:
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """What every connection of one daemon shares: one clock, one inbox, the hooks the
-    start-up self-test allowed (`monitor.selftest`) and the reply parser they imply."""
+    """What every connection of one daemon shares: one clock, one inbox, and the hooks the
+    start-up self-test allowed (`monitor.selftest`)."""
 
     clock: Clock
     inbox: Inbox
     hooks: Hooks
-    parse: Parse
 
     @classmethod
     def create(cls, loop: asyncio.AbstractEventLoop, hooks: Hooks) -> Runtime:
         """The daemon's runtime on its event loop."""
-        scan = json_scanner() if hooks.scan else None
-        return cls(Clock(loop), Inbox(loop), hooks, make_parser(scan))
+        return cls(Clock(loop), Inbox(loop), hooks)
 
 
 class Session:
@@ -95,8 +94,8 @@ class Session:
     the connection ended."""
 
     __slots__ = (
-        "_closer", "_ended", "_failure", "_local", "correlator", "log", "m", "pongs", "queue",
-        "reads", "rng", "runtime", "target", "ws",
+        "_closer", "_ended", "_failure", "_local", "allowance", "allowance_at", "correlator",
+        "log", "m", "pongs", "queue", "reads", "rng", "runtime", "target", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -120,6 +119,10 @@ class Session:
         self._closer: asyncio.Task[None] | None = None
         self._failure: str | None = None  # the first fault of our own (see `fail`)
         self._ended = False
+        # Messages it may still deliver before its reading pauses (`max_messages_per_second`:
+        # a bucket one second deep, refilled as time passes; see `_throttle`).
+        self.allowance = target.max_messages_per_second or math.inf
+        self.allowance_at = runtime.clock.time()
         hooks = runtime.hooks
         self.reads = ReadStamp.install(ws) if hooks.stamp else None
         self.queue = direct_queue(ws) if hooks.inbox else None  # None: all through receive()
@@ -184,14 +187,11 @@ class Session:
 
     async def _close_now(self, code: int, reason: str = "") -> None:
         # aiohttp waits up to close_timeout for the peer's close frame; the extra second
-        # bounds a send that is stuck behind a full socket buffer on a dead link.
-        try:
+        # bounds a send that is stuck behind a full socket buffer on a dead link (a close
+        # cut short this way makes aiohttp drop the connection).
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.target.close_timeout + 1.0):
                 await self.ws.close(code=code, message=reason.encode()[:123])
-        except TimeoutError:
-            transport = self.ws.get_extra_info("transport")
-            if transport is not None:
-                transport.abort()
 
     # --- the one receive loop -------------------------------------------------------------
 
@@ -201,6 +201,8 @@ class Session:
         queue = self.queue
         to_inbox = self.to_inbox
         while True:
+            if self.allowance <= 0.0:
+                await self._throttle()
             if self._local is not None:
                 # Closing from our side (the closer task sends our code): another receive()
                 # would find aiohttp closing and make it send its own close, code 1000,
@@ -236,8 +238,8 @@ class Session:
     def to_inbox(self, msg: WSMessage) -> bool:
         """A message as aiohttp parses it, while the receive loop waits: one that needs no
         await (text, binary, pong) goes to the inbox; the others are left for the loop."""
-        if msg.type not in INBOX_KINDS:
-            return False
+        if msg.type not in INBOX_KINDS or self.allowance <= 0.0:
+            return False  # the loop's to handle (and, over the cap, to pause for)
         reads = self.reads
         self.runtime.inbox.put(self, msg, reads.at if reads is not None else time.perf_counter())
         return True
@@ -255,7 +257,8 @@ class Session:
         """Handle a message that needs no await (read at `received`); False for the others."""
         if kind is WSMsgType.TEXT:
             self.m.messages_received.inc()
-            message = self.runtime.parse(data)
+            self.allowance -= 1.0
+            message = parse(data)
             found = self.correlator.match(message)
             if isinstance(found, str):
                 self.m.unmatched[found].inc()
@@ -267,10 +270,29 @@ class Session:
                 pending.answer(Reply(received, None))
         elif kind is WSMsgType.BINARY:
             self.m.messages_received.inc()
+            self.allowance -= 1.0
             self.m.unmatched["binary"].inc()
         else:
             return False
         return True
+
+    async def _throttle(self) -> None:
+        """The connection delivered more than `max_messages_per_second`: stop reading it
+        until its allowance has grown back to a tenth of a second's worth. Meanwhile aiohttp
+        queues what arrives, up to its limit, then stops reading the socket itself: the
+        server meets TCP backpressure, and the event loop stays with the other targets."""
+        rate = self.target.max_messages_per_second
+        clock = self.runtime.clock
+        now = clock.time()
+        self.allowance = min(rate, self.allowance + (now - self.allowance_at) * rate)
+        self.allowance_at = now
+        if self.allowance > 0.0:
+            return
+        wait = (0.1 * rate - self.allowance) / rate
+        await asyncio.sleep(wait)
+        self.m.throttled(clock.time() - now)
+        self.allowance = min(rate, self.allowance + (clock.time() - now) * rate)
+        self.allowance_at = clock.time()
 
     def _ended_without_close_frame(self, data: Any) -> Disconnect:
         if self._local is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from .backoff import Delay, full_jitter
 from .config import Config, TargetConfig
+from .fdbudget import Gate
 from .handshake import ConnectFailed, authenticate, connect, safe_url, tls_context
 from .metrics import Metrics
 from .session import INTERNAL_ERROR, Disconnect, Runtime, Session
@@ -21,27 +23,29 @@ from .session import INTERNAL_ERROR, Disconnect, Runtime, Session
 TRY_AGAIN_LATER = frozenset({1012, 1013})
 
 
-class HandshakeLimit:
-    """Handshakes in flight at once, across all targets. A reload that changes the limit
-    replaces the semaphore; handshakes already holding a slot of the old one finish under it."""
+class ConnectLimits:
+    """What connecting targets share: the handshakes in flight at once (a reload that
+    changes the limit replaces the semaphore; handshakes holding a slot of the old one
+    finish under it), and the descriptors their connections may hold (`fdbudget.Gate`)."""
 
-    __slots__ = ("limit", "semaphore")
+    __slots__ = ("fds", "handshakes", "semaphore")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.semaphore = asyncio.Semaphore(limit)
+    def __init__(self, handshakes: int) -> None:
+        self.handshakes = handshakes
+        self.semaphore = asyncio.Semaphore(handshakes)
+        self.fds = Gate()
 
-    def resize(self, limit: int) -> None:
-        if limit != self.limit:
-            self.limit = limit
-            self.semaphore = asyncio.Semaphore(limit)
+    def resize(self, handshakes: int) -> None:
+        if handshakes != self.handshakes:
+            self.handshakes = handshakes
+            self.semaphore = asyncio.Semaphore(handshakes)
 
 
 class TargetRunner:
     """Keeps one target connected: connect, serve, record how it ended, back off, repeat."""
 
     __slots__ = (
-        "_session", "_stop_code", "_task", "attempted", "handshakes", "http", "log", "m", "rng",
+        "_session", "_stop_code", "_task", "attempted", "http", "limits", "log", "m", "rng",
         "runtime", "target", "tls",
     )  # fmt: skip
 
@@ -51,7 +55,7 @@ class TargetRunner:
         http: aiohttp.ClientSession,
         metrics: Metrics,
         log: FilteringBoundLogger,
-        handshakes: HandshakeLimit,
+        limits: ConnectLimits,
         runtime: Runtime,
         rng: random.Random | None = None,
     ) -> None:
@@ -59,7 +63,7 @@ class TargetRunner:
         self.http = http
         self.m = metrics.for_target(target.name, ((p.name, p.kind) for p in target.probes))
         self.log = log
-        self.handshakes = handshakes
+        self.limits = limits
         self.runtime = runtime
         self.rng = rng or random.Random()
         self.tls = tls_context(target)
@@ -94,58 +98,28 @@ class TargetRunner:
 
     async def _run(self) -> None:
         t = self.target
-        m = self.m
         loop = asyncio.get_running_loop()
         backoff: Iterator[Delay] | None = None  # made on the first failure: none while healthy
         attempt = 0
         had_connection = False
         try:
             while True:
-                m.connect_attempts.inc()
-                try:
-                    ws, duration = await connect(self.http, t, self.handshakes.semaphore, self.tls)
-                    if t.auth is not None:
-                        await authenticate(ws, t, m, self.runtime.parse)
-                except ConnectFailed as exc:
-                    self.attempted = True
-                    m.connect_failures[exc.reason].inc()
-                    self.log.warning(
-                        "connect.failed",
-                        target=t.name,
-                        url=safe_url(t),
-                        reason=exc.reason,
-                        error=exc.error,
-                        duration_ms=round(exc.duration * 1e3, 3),
-                    )
+                self.m.connect_attempts.inc()
+                opened = await self._open()
+                self.attempted = True
+                if isinstance(opened, ConnectFailed):
+                    self._connect_failed(opened)
                     attempt += 1
                     backoff = backoff or self._backoff()
                     await self._pause(next(backoff), attempt, None)
                     continue
-                self.attempted = True
-                m.connect_duration.observe(duration)
-                if had_connection:
-                    m.reconnects.inc()
-                had_connection = True
-                opened = loop.time()
-                m.connected.set(1)
-                m.established.set(time.time())
-                self.log.info(
-                    "connect.ok",
-                    target=t.name,
-                    url=safe_url(t),
-                    duration_ms=round(duration * 1e3, 3),
-                )
+                started = loop.time()
                 try:
-                    self._session = Session(t, ws, m, self.log, self.runtime, self.rng)
-                    ended = await self._session.run()  # a fault of its own included (1011)
-                except Exception as exc:  # a bug must not end the monitoring of this target
-                    ended = await self._failed(ws, exc)
+                    ended = await self._serve(*opened, reconnected=had_connection)
                 finally:
-                    self._session = None
-                    m.connected.set(0)
-                    m.up.set(0)
-                    m.established.set(0)
-                uptime = loop.time() - opened
+                    self.limits.fds.release()
+                had_connection = True
+                uptime = loop.time() - started
                 self._record(ended, uptime)
                 if self._stop_code is not None:
                     return
@@ -158,17 +132,74 @@ class TargetRunner:
         finally:
             self.attempted = True
 
+    async def _open(self) -> tuple[ClientWebSocketResponse, float] | ConnectFailed:
+        """The handshake (and auth): the open WebSocket and its duration, holding one of the
+        gate's descriptors (the caller releases it when the connection is over), or why
+        not. Without a descriptor to spare, no socket is even tried."""
+        t = self.target
+        fds = self.limits.fds
+        if not fds.acquire():
+            return ConnectFailed(
+                "resource",
+                f"no file descriptor to spare ({fds.allowed} target connections at most "
+                "under the open files limit; see fd_budget.short)",
+            )
+        try:
+            ws, duration = await connect(self.http, t, self.limits.semaphore, self.tls)
+            if t.auth is not None:
+                await authenticate(ws, t, self.m)
+        except ConnectFailed as exc:
+            fds.release()
+            return exc
+        except BaseException:
+            fds.release()
+            raise
+        return ws, duration
+
+    def _connect_failed(self, exc: ConnectFailed) -> None:
+        self.m.connect_failures[exc.reason].inc()
+        self.log.warning(
+            "connect.failed",
+            target=self.target.name,
+            url=safe_url(self.target),
+            reason=exc.reason,
+            error=exc.error,
+            duration_ms=round(exc.duration * 1e3, 3),
+        )
+
+    async def _serve(
+        self, ws: ClientWebSocketResponse, duration: float, reconnected: bool
+    ) -> Disconnect:
+        """Count the new connection, serve it until it ends, say how it ended."""
+        t = self.target
+        m = self.m
+        m.connect_duration.observe(duration)
+        if reconnected:
+            m.reconnects.inc()
+        m.connected.set(1)
+        m.established.set(time.time())
+        self.log.info(
+            "connect.ok", target=t.name, url=safe_url(t), duration_ms=round(duration * 1e3, 3)
+        )
+        try:
+            self._session = Session(t, ws, m, self.log, self.runtime, self.rng)
+            return await self._session.run()  # a fault of its own included (1011)
+        except Exception as exc:  # a bug must not end the monitoring of this target
+            return await self._failed(ws, exc)
+        finally:
+            self._session = None
+            m.connected.set(0)
+            m.up.set(0)
+            m.established.set(0)
+
     async def _failed(self, ws: ClientWebSocketResponse, exc: Exception) -> Disconnect:
         """A session that could not even run: say so, and drop its connection with 1011."""
         error = f"{type(exc).__name__}: {exc}"
         self.log.error("session.failed", target=self.target.name, error=error, exc_info=exc)
-        try:
+        # A close cut short by the timeout makes aiohttp drop the connection.
+        with contextlib.suppress(TimeoutError, ConnectionError, aiohttp.ClientError, RuntimeError):
             async with asyncio.timeout(self.target.close_timeout):
                 await ws.close(code=INTERNAL_ERROR, message=b"internal error")
-        except (TimeoutError, ConnectionError, aiohttp.ClientError, RuntimeError):
-            transport = ws.get_extra_info("transport")
-            if transport is not None:
-                transport.abort()
         return Disconnect(INTERNAL_ERROR, "local", "internal error")
 
     def _backoff(self) -> Iterator[Delay]:
@@ -224,7 +255,7 @@ class Supervisor:
         self.rng = rng or random.Random()
         self.stop_timeout = stop_timeout
         self.runners: dict[str, TargetRunner] = {}
-        self.handshakes = HandshakeLimit(50)
+        self.limits = ConnectLimits(50)
 
     @property
     def ready(self) -> bool:
@@ -236,7 +267,7 @@ class Supervisor:
 
     async def apply(self, config: Config) -> dict[str, list[str]]:
         """Make the running targets match `config`; unchanged targets keep their connection."""
-        self.handshakes.resize(config.max_concurrent_handshakes)
+        self.limits.resize(config.max_concurrent_handshakes)
         wanted = {t.name: t for t in config.targets}
         removed = [n for n in self.runners if n not in wanted]
         changed = [
@@ -261,7 +292,7 @@ class Supervisor:
                 self.http,
                 self.metrics,
                 self.log,
-                self.handshakes,
+                self.limits,
                 self.runtime,
                 self.rng,
             )

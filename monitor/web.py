@@ -51,6 +51,9 @@ _VERIFY = {
 }
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 REALM = "wsmon"
+# bcrypt checks at once (threads), and per client address running or waiting.
+BCRYPT_AT_ONCE = 4
+PEER_CHECKS = 2
 
 
 class _Strict(BaseModel):
@@ -210,7 +213,8 @@ class WebSecurity:
         self._outer: ssl.SSLContext | None = None
         self._stamp: tuple[tuple[int, int, int], ...] = ()
         self._good: dict[str, bytes] = {}  # user -> sha256(password + hash) of a verified login
-        self._bcrypt_slots = asyncio.Semaphore(4)
+        self._bcrypt_slots = asyncio.Semaphore(BCRYPT_AT_ONCE)
+        self._checks_by_peer: dict[str, int] = {}  # password checks running or waiting
 
     def load(self) -> None:
         """Load at start-up; raises WebConfigError."""
@@ -307,7 +311,8 @@ class WebSecurity:
         if not users:
             return None
         creds = _basic_credentials(request.headers.get("Authorization", ""))
-        if creds is not None and await self._verify(creds[0], creds[1], users, current):
+        peer = request.remote or ""
+        if creds is not None and await self._verify(creds[0], creds[1], users, current, peer):
             return None
         return web.Response(
             status=401,
@@ -316,18 +321,32 @@ class WebSecurity:
         )
 
     async def _verify(
-        self, user: str, password: str, users: dict[str, Any], current: LoadedWeb
+        self, user: str, password: str, users: dict[str, Any], current: LoadedWeb, peer: str
     ) -> bool:
         hashed = users.get(user)
         target = hashed.encode() if hashed is not None else current.dummy_hash
         assert target is not None
         key = hashlib.sha256(password.encode() + b"\0" + target).digest()
         if hashed is not None and self._good.get(user) == key:
-            return True
-        async with self._bcrypt_slots:
-            # bcrypt runs for an unknown user too, against a hash of the same cost, so
-            # the answer's timing does not tell which user names exist.
-            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), target)
+            return True  # a login verified before: no bcrypt, whatever else is queued
+        # bcrypt is slow on purpose, so a flood of wrong passwords must not queue ahead of
+        # everyone: each client address has at most PEER_CHECKS checks running or waiting,
+        # and one beyond them is refused at once.
+        checks = self._checks_by_peer.get(peer, 0)
+        if checks >= PEER_CHECKS:
+            return False
+        self._checks_by_peer[peer] = checks + 1
+        try:
+            async with self._bcrypt_slots:
+                # bcrypt runs for an unknown user too, against a hash of the same cost, so
+                # the answer's timing does not tell which user names exist.
+                ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), target)
+        finally:
+            left = self._checks_by_peer[peer] - 1
+            if left:
+                self._checks_by_peer[peer] = left
+            else:
+                del self._checks_by_peer[peer]
         if ok and hashed is not None:
             self._good[user] = key
             return True

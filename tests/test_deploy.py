@@ -29,6 +29,7 @@ RUNBOOK = ROOT / "docs/runbook.md"
 REQUIRED_ALERTS = {
     "WsmonDown", "WsmonTargetDown", "WsmonProbesFailing", "WsmonHighRTT",
     "WsmonAbnormalClosures", "WsmonReconnectStorm", "WsmonClockSkew", "WsmonConfigReloadFailed",
+    "WsmonFileDescriptorsExhausted", "WsmonEventLoopLagging",
 }  # fmt: skip
 
 

@@ -113,6 +113,7 @@ class WSTestServer:
         self.server_pings_sent: int = 0
         self.pongs_received: int = 0
         self.streamed: int = 0
+        self.big_sent: int = 0
         self.reply_holds: list[float] = []  # seconds each reply was held: receipt to send
         # internals
         self._runner: web.AppRunner | None = None
@@ -244,6 +245,17 @@ class WSTestServer:
             transport.abort()
         await self._wait_done(conns)
 
+    async def send_big(self, size: int) -> None:
+        """Send one text message of `size` bytes on every open connection (and count the
+        connections it went to in ``big_sent``)."""
+        payload = "x" * size
+        for conn in list(self._conns):
+            if conn.ws.closed:
+                continue
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.big_sent += 1
+                await conn.ws.send_str(payload)
+
     async def fin_all(self) -> None:
         """Close the TCP connection cleanly (FIN) on every open connection; no close frame."""
         conns = list(self._conns)
@@ -273,6 +285,7 @@ class WSTestServer:
             "server_pings_sent": self.server_pings_sent,
             "pongs_received": self.pongs_received,
             "streamed": self.streamed,
+            "big_sent": self.big_sent,
             "reply_holds": holds,
         }
 
@@ -283,6 +296,7 @@ class WSTestServer:
         """Set knobs ({"knob": value}) or run an action ({"action": "abort_all"})."""
         body: dict[str, Any] = await request.json()
         action = body.pop("action", None)
+        size = body.pop("size", 0)  # of send_big's message
         for key, value in body.items():
             if key not in self.KNOBS:
                 return web.json_response({"error": f"unknown knob {key}"}, status=400)
@@ -291,6 +305,8 @@ class WSTestServer:
             await self.close_all(int(body.get("code", 1000)))
         elif action in ("abort_all", "fin_all", "close_no_status_all"):
             await getattr(self, action)()
+        elif action == "send_big":
+            await self.send_big(int(size))
         return web.json_response(self.stats())
 
     # ------------------------------------------------------------------ internals

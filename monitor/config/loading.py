@@ -127,6 +127,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         web_config_file=raw.web_config_file,
         public_healthz=raw.public_healthz,
         send_alignment=raw.send_alignment,
+        http=raw.http,
         targets=tuple(targets),
         secrets=frozenset(s for s in used_env | target_secrets(targets) if len(s) >= 4),
         source=source,

@@ -11,7 +11,7 @@ import math
 import os
 import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -246,6 +246,10 @@ class TargetSettings(_Strict):
     # Consecutive probe timeouts after which the connection is declared dead and closed.
     dead_after_timeouts: int = Field(default=2, ge=1)
     max_msg_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    # Messages a second the connection may deliver before its reading pauses (TCP
+    # backpressure), so that one flooding server cannot take the event loop from the
+    # others; 0: no cap.
+    max_messages_per_second: float = Field(default=5000.0, ge=0)
     tls: TLSConfig | None = None
 
     @field_validator("probes")
@@ -293,6 +297,22 @@ class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class HTTPConfig(_Strict):
+    """Bounds on the HTTP side (/metrics and the rest), so that slow, idle or too many
+    clients can neither hold the daemon's descriptors nor delay a scrape."""
+
+    # Complete request headers within this long of connecting (or of a request's first byte
+    # on a kept-alive connection).
+    read_header_timeout: Duration = 10.0
+    # A kept-alive connection with no request in progress is closed after this long.
+    idle_timeout: Duration = 60.0
+    # Connections at once; beyond it the oldest one without a request in progress is closed
+    # to make room, and when every one is serving a request the new one is refused.
+    max_connections: int = Field(default=64, ge=1, le=10_000)
+    # The longest request line, and the longest header line.
+    max_header_bytes: int = Field(default=8190, ge=1024, le=1 << 20)
+
+
 class RawConfig(_Strict):
     """The top-level keys except `targets`, which are validated one by one after it."""
 
@@ -308,6 +328,7 @@ class RawConfig(_Strict):
     web_config_file: str | None = None
     # Serve /healthz without authentication (for liveness checks that cannot authenticate).
     public_healthz: bool = False
+    http: HTTPConfig = HTTPConfig()
     defaults: TargetSettings = TargetSettings()
 
     @field_validator("listen")
@@ -335,6 +356,7 @@ class Config:
     web_config_file: str | None = None
     public_healthz: bool = False
     send_alignment: float = 0.0
+    http: HTTPConfig = field(default_factory=HTTPConfig)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
