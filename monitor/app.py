@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
@@ -30,9 +31,6 @@ from .web import WebSecurity
 
 SHUTDOWN_CLOSE_CODE = 1001  # going away
 LAG_EVERY = 1.0  # seconds between samples of the event loop's lag
-# Descriptors kept free beyond the HTTP side's and the lookups' reserve: files and sockets
-# the daemon opens for a moment (a scrape's /proc reads, connections being torn down).
-GATE_SLACK = 16
 
 
 class Daemon:
@@ -173,11 +171,16 @@ class Daemon:
         await self._runner.setup()
         assert self._runner.server is not None
         self._guard.factory = self._runner.server
+        tls = self.web.server_ssl_context()
         self._server = await asyncio.get_running_loop().create_server(
             self._guard,
             host or None,
             port,
-            ssl=self.web.server_ssl_context(),
+            ssl=tls,
+            # A client that never completes the TLS handshake is not the guard's yet: it
+            # gets the header timeout here.
+            ssl_handshake_timeout=http.read_header_timeout if tls else None,
+            ssl_shutdown_timeout=1.0 if tls else None,
             backlog=128,
             reuse_address=True,
         )
@@ -185,20 +188,21 @@ class Daemon:
 
     def _check_fds(self, config: Config) -> None:
         """Raise the open files limit, give targets what is left after the daemon's own and
-        the HTTP side's reserve, and say once when that is short of what `config` needs."""
-        limit = fdbudget.raise_limit()
+        the HTTP side's reserve, and say when that is short of what `config` needs."""
         assert self.supervisor is not None
-        self.supervisor.limits.fds.configure(
-            limit, self._fds_held, fdbudget.reserve_for(config) - fdbudget.BASE_RESERVE + GATE_SLACK
+        assert self._guard is not None
+        limit = fdbudget.raise_limit()
+        budget = fdbudget.budget(
+            config, limit, self._fds_held, http_connections=self._guard.limits.max_connections
         )
-        budget = fdbudget.budget(config, limit)
+        self.supervisor.limits.fds.allowed = budget.allowed
         if budget.short:
             self.log.warning(
                 "fd_budget.short",
                 targets=budget.targets,
                 needed=budget.needed,
                 limit=limit,
-                connections_allowed=self.supervisor.limits.fds.allowed,
+                connections_allowed=budget.allowed,
                 advice=budget.advice(),
             )
 
@@ -312,7 +316,9 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         if self._server is not None:
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):  # a client that will not let go
+                async with asyncio.timeout(self.stop_timeout):
+                    await self._server.wait_closed()
         self.log.info("shutdown.complete")
 
 

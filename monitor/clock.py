@@ -120,8 +120,9 @@ class Clock:
 
 class LagSampler:
     """How late the event loop runs a timer, sampled every `every` seconds on the clock:
-    the daemon's own delay, which every round trip measured meanwhile may include. One entry
-    on a timer that probes share: no wake-up of its own where probes run often."""
+    the daemon's own delay, which every round trip measured meanwhile may include. Its times
+    are put on the clock's grid (`Clock.phase`), so that with `send_alignment` it shares a
+    wake-up with the probes."""
 
     __slots__ = ("clock", "due", "every", "observe", "seq")
 
@@ -129,7 +130,7 @@ class LagSampler:
         self.clock = clock
         self.every = every
         self.observe = observe
-        self.due = clock.time() + every
+        self.due = clock.phase(clock.time() + every, every)
         self.seq = clock.call_at(self.due, self)
 
     def fire(self) -> None:

@@ -19,9 +19,12 @@ from .config import Config
 
 # A target's connection is one socket (TLS needs none of its own).
 FDS_PER_TARGET = 1
-# The daemon's own: the listener, the event loop, standard streams, log and /proc reads,
-# the start-up self-test, the resolver's threads. Measured at start on top of this.
-BASE_RESERVE = 32
+# Kept free beyond the HTTP side's and the name lookups' share: what the daemon opens for a
+# moment (a scrape's /proc reads, TLS connections still being torn down).
+SLACK = 64
+# What the daemon holds before its targets (listener, event loop, standard streams, log,
+# the HTTP client), where it has not been measured: `wsmon check-config`.
+HELD_ESTIMATE = 32
 # Socket errors that mean the process or the system is out of something, not the peer.
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -31,8 +34,13 @@ class Budget:
     """What a configuration needs against the limit."""
 
     targets: int
-    reserve: int  # the HTTP side, name lookups in flight, the daemon's own
+    reserve: int  # the HTTP side, name lookups in flight, the daemon's own, slack
     limit: int
+
+    @property
+    def allowed(self) -> int:
+        """Target connections that fit."""
+        return max(0, (self.limit - self.reserve) // FDS_PER_TARGET)
 
     @property
     def needed(self) -> int:
@@ -40,7 +48,7 @@ class Budget:
 
     @property
     def short(self) -> bool:
-        return self.limit < self.needed
+        return self.allowed < self.targets
 
     def advice(self) -> str:
         return (
@@ -49,13 +57,15 @@ class Budget:
         )
 
 
-def reserve_for(config: Config) -> int:
-    """Descriptors kept for everything but the targets' connections."""
-    return config.http.max_connections + config.max_concurrent_handshakes + BASE_RESERVE
-
-
-def budget(config: Config, limit: int) -> Budget:
-    return Budget(len(config.targets), reserve_for(config), limit)
+def budget(
+    config: Config, limit: int, held: int = HELD_ESTIMATE, http_connections: int | None = None
+) -> Budget:
+    """The budget of `config` under `limit`, with `held` descriptors the daemon holds before
+    its targets; `http_connections` is the running HTTP side's limit where it differs from
+    the config's (it changes at restart only)."""
+    http = config.http.max_connections if http_connections is None else http_connections
+    reserve = held + http + config.max_concurrent_handshakes + SLACK
+    return Budget(len(config.targets), reserve, limit)
 
 
 def raise_limit() -> int:
@@ -87,7 +97,7 @@ def _nr_open() -> int:
 
 
 def open_fds() -> int:
-    """Descriptors open now (one listing; called at start and reload, not per handshake)."""
+    """Descriptors open now (one listing: called once, at start)."""
     try:
         return len(os.listdir("/proc/self/fd")) - 1  # the listing's own
     except OSError:
@@ -95,18 +105,14 @@ def open_fds() -> int:
 
 
 class Gate:
-    """How many target connections may be open or opening at once: the limit, less what the
-    daemon held before its targets, less the reserve. Counted, not measured per handshake,
-    so a check costs nothing."""
+    """How many target connections may be open or opening at once (`Budget.allowed`).
+    Counted, not measured per handshake, so a check costs nothing."""
 
     __slots__ = ("allowed", "in_use")
 
     def __init__(self) -> None:
-        self.allowed = 1 << 62  # until `configure`
+        self.allowed = 1 << 62  # until the daemon sets it from its budget
         self.in_use = 0
-
-    def configure(self, limit: int, held: int, reserve: int) -> None:
-        self.allowed = max(0, limit - held - reserve)
 
     def acquire(self) -> bool:
         """Room for one more connection's socket (then `release` it when it is closed)."""

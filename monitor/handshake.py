@@ -28,11 +28,12 @@ from .replies import judge_auth, parse
 class ConnectFailed(Exception):
     """A handshake that did not produce an open WebSocket."""
 
-    def __init__(self, reason: str, error: str, duration: float = 0.0) -> None:
+    def __init__(self, reason: str, error: str, duration: float = 0.0, tried: bool = True) -> None:
         super().__init__(error)
         self.reason = reason
         self.error = error
         self.duration = duration  # seconds from the start of the handshake to the failure
+        self.tried = tried  # False: not even tried (no file descriptor to spare)
 
 
 def classify(exc: BaseException) -> str:

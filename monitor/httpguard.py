@@ -5,11 +5,12 @@ aiohttp's server bounds the size of request lines and headers and the idle time 
 kept-alive connection, but not how long a client may take to send its headers, nor how many
 connections are open. `Guard` wraps aiohttp's protocol factory (any asyncio server takes
 one): every connection must complete its request headers within `read_header_timeout` of
-connecting, or of the first byte of its next request; one idle for `idle_timeout` is
-closed; and beyond `max_connections` room is made fairly: the client address holding the
-most connections gives up its oldest one (one without a request in progress if it has any),
-so that a crowd from one place cannot keep a scrape from another out. A connection from
-the address that already holds the most, when none of its own is idle, is refused (503).
+connecting (after the TLS handshake, with TLS), or of the first byte of its next request;
+one idle for `idle_timeout` is closed; and at `max_connections` room is made fairly: a
+connection without a request in progress goes first, the oldest of the client address
+holding the most connections; when every one is serving a request, the oldest of an address
+holding more than the newcomer's would is cut short; otherwise the newcomer is refused (503).
+So a crowd from one place cannot keep a scrape from another out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .config import HTTPConfig
 from .families import Family
 
 DROP_REASONS = ("header_timeout", "idle_timeout", "evicted", "refused")
+REFUSAL_LINGER = 1.0  # seconds a refused connection may take to read the answer
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 21\r\n\r\ntoo many connections\n"
@@ -66,24 +68,28 @@ class Guard:
         return True
 
     def _victim(self, newcomer: str) -> Connection | None:
-        """The connection to close for a newcomer from `newcomer`: the oldest of the
-        address holding the most connections, an idle or unfinished one first; from the
-        newcomer's own address only an idle or unfinished one."""
-        heaviest = max(self.per_peer, key=self.per_peer.__getitem__)
-        if self.per_peer[heaviest] <= self.per_peer[newcomer]:
-            heaviest = newcomer  # it holds the most itself: it makes its own room, or none
-        oldest_busy: Connection | None = None
+        """The connection to close for a newcomer from address `newcomer`: one without a
+        request in progress (idle, or still sending its headers), the oldest of the address
+        holding the most connections; when every one is serving a request, the oldest of an
+        address holding more than the newcomer's would; else none (the newcomer is
+        refused)."""
+        victim: Connection | None = None
+        most = 0
         for conn in self.connections:  # oldest first
-            if conn.peer != heaviest:
-                continue
-            if not conn.requests:
-                return conn
-            oldest_busy = oldest_busy or conn
-        return oldest_busy if heaviest != newcomer else None
+            held = self.per_peer[conn.peer]
+            if not conn.requests and held > most:
+                victim, most = conn, held
+        if victim is not None:
+            return victim
+        heaviest = max(self.per_peer, key=self.per_peer.__getitem__)
+        if self.per_peer[heaviest] <= self.per_peer[newcomer] + 1:
+            return None
+        return next(conn for conn in self.connections if conn.peer == heaviest)
 
     def forget(self, conn: Connection) -> None:
-        if self.connections.pop(conn, False) is not None:
+        if conn not in self.connections:
             return
+        del self.connections[conn]
         self.open.set(len(self.connections))
         self.per_peer[conn.peer] -= 1
         if self.per_peer[conn.peer] <= 0:
@@ -105,6 +111,16 @@ class Guard:
             return await handler(request)
         finally:
             conn.finished()
+
+
+def refuse(transport: asyncio.Transport) -> None:
+    """Answer 503 and close: our side of the connection is shut at once, and the socket is
+    closed when the client has read the answer and closed its own (or after a second), so
+    that the request it sent meanwhile does not turn the answer into a reset."""
+    transport.write(REFUSAL)
+    if transport.can_write_eof():
+        transport.write_eof()
+    asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.close)
 
 
 class Connection(asyncio.Protocol):
@@ -146,6 +162,7 @@ class Connection(asyncio.Protocol):
             self.timer = None
         if self.transport is not None:
             self.transport.abort()
+            self.transport = None
 
     def started(self) -> None:
         self.requests += 1
@@ -166,8 +183,7 @@ class Connection(asyncio.Protocol):
         self.peer = str(peername[0]) if isinstance(peername, tuple) and peername else ""
         guard = self.guard
         if not guard.admit(self):
-            self.transport.write(REFUSAL)
-            self.transport.close()
+            refuse(self.transport)
             return
         guard.by_transport[self.transport] = self
         self.inner = self.factory()
@@ -183,7 +199,11 @@ class Connection(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
+        if self.inner is None:  # refused: the client has read the answer
+            if self.transport is not None:
+                self.transport.close()
+            return None
+        return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:

@@ -28,6 +28,8 @@ NO_STATUS = 1005
 ABNORMAL = 1006
 # What the monitor closes with when its own handling of the connection failed.
 INTERNAL_ERROR = 1011
+# The longest nap of a throttled connection's receive loop (seconds).
+THROTTLE_NAP = 0.1
 # Kinds of message handled without an await: these go to the inbox while the loop waits.
 INBOX_KINDS = frozenset({WSMsgType.TEXT, WSMsgType.PONG, WSMsgType.BINARY})
 
@@ -120,7 +122,8 @@ class Session:
         self._failure: str | None = None  # the first fault of our own (see `fail`)
         self._ended = False
         # Messages it may still deliver before its reading pauses (`max_messages_per_second`:
-        # a bucket one second deep, refilled as time passes; see `_throttle`).
+        # a bucket one second deep, refilled as time passes; see `_throttle`). Counted where a
+        # message is handed over (`to_inbox`, or returned to the loop), not where handled.
         self.allowance = target.max_messages_per_second or math.inf
         self.allowance_at = runtime.clock.time()
         hooks = runtime.hooks
@@ -217,6 +220,8 @@ class Session:
                     queue.to_inbox = None  # breaks the cycle session -> queue -> session
             received = reads.at if reads is not None else time.perf_counter()
             kind = msg.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                self.allowance -= 1.0
             if self.handle(kind, msg.data, received):
                 continue
             if kind is WSMsgType.PING:
@@ -238,8 +243,11 @@ class Session:
     def to_inbox(self, msg: WSMessage) -> bool:
         """A message as aiohttp parses it, while the receive loop waits: one that needs no
         await (text, binary, pong) goes to the inbox; the others are left for the loop."""
-        if msg.type not in INBOX_KINDS or self.allowance <= 0.0:
+        kind = msg.type
+        if kind not in INBOX_KINDS or self.allowance <= 0.0:
             return False  # the loop's to handle (and, over the cap, to pause for)
+        if kind is not WSMsgType.PONG:
+            self.allowance -= 1.0
         reads = self.reads
         self.runtime.inbox.put(self, msg, reads.at if reads is not None else time.perf_counter())
         return True
@@ -257,7 +265,6 @@ class Session:
         """Handle a message that needs no await (read at `received`); False for the others."""
         if kind is WSMsgType.TEXT:
             self.m.messages_received.inc()
-            self.allowance -= 1.0
             message = parse(data)
             found = self.correlator.match(message)
             if isinstance(found, str):
@@ -270,7 +277,6 @@ class Session:
                 pending.answer(Reply(received, None))
         elif kind is WSMsgType.BINARY:
             self.m.messages_received.inc()
-            self.allowance -= 1.0
             self.m.unmatched["binary"].inc()
         else:
             return False
@@ -280,19 +286,21 @@ class Session:
         """The connection delivered more than `max_messages_per_second`: stop reading it
         until its allowance has grown back to a tenth of a second's worth. Meanwhile aiohttp
         queues what arrives, up to its limit, then stops reading the socket itself: the
-        server meets TCP backpressure, and the event loop stays with the other targets."""
+        server meets TCP backpressure, and the event loop stays with the other targets. The
+        pause is taken in short naps, so that a close of ours is seen at once."""
         rate = self.target.max_messages_per_second
         clock = self.runtime.clock
-        now = clock.time()
-        self.allowance = min(rate, self.allowance + (now - self.allowance_at) * rate)
-        self.allowance_at = now
-        if self.allowance > 0.0:
-            return
-        wait = (0.1 * rate - self.allowance) / rate
-        await asyncio.sleep(wait)
-        self.m.throttled(clock.time() - now)
-        self.allowance = min(rate, self.allowance + (clock.time() - now) * rate)
-        self.allowance_at = clock.time()
+        started = paused = clock.time()
+        while self._local is None:
+            now = clock.time()
+            self.allowance = min(rate, self.allowance + (now - self.allowance_at) * rate)
+            self.allowance_at = now
+            if self.allowance > 0.0:
+                break
+            await asyncio.sleep(min(THROTTLE_NAP, (0.1 * rate - self.allowance) / rate))
+            paused = clock.time()
+        if paused > started:
+            self.m.throttled(paused - started)
 
     def _ended_without_close_frame(self, data: Any) -> Disconnect:
         if self._local is not None:

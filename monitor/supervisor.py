@@ -143,22 +143,35 @@ class TargetRunner:
                 "resource",
                 f"no file descriptor to spare ({fds.allowed} target connections at most "
                 "under the open files limit; see fd_budget.short)",
+                tried=False,
             )
         try:
             ws, duration = await connect(self.http, t, self.limits.semaphore, self.tls)
-            if t.auth is not None:
-                await authenticate(ws, t, self.m)
         except ConnectFailed as exc:
             fds.release()
             return exc
         except BaseException:
             fds.release()
             raise
+        if t.auth is not None:
+            try:
+                await authenticate(ws, t, self.m)  # closes the connection when it fails
+            except ConnectFailed as exc:
+                fds.release()
+                return exc
+            except BaseException:  # stopped meanwhile: the socket must not outlive us
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(t.close_timeout):
+                        await ws.close(code=1001, message=b"going away")
+                fds.release()
+                raise
         return ws, duration
 
     def _connect_failed(self, exc: ConnectFailed) -> None:
         self.m.connect_failures[exc.reason].inc()
-        self.log.warning(
+        # Kept out for want of a descriptor: fd_budget.short said so once, loudly.
+        log = self.log.warning if exc.tried else self.log.debug
+        log(
             "connect.failed",
             target=self.target.name,
             url=safe_url(self.target),

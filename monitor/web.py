@@ -312,7 +312,16 @@ class WebSecurity:
             return None
         creds = _basic_credentials(request.headers.get("Authorization", ""))
         peer = request.remote or ""
-        if creds is not None and await self._verify(creds[0], creds[1], users, current, peer):
+        verified: bool | None = False
+        if creds is not None:
+            verified = await self._verify(creds[0], creds[1], users, current, peer)
+        if verified is None:
+            return web.Response(
+                status=503,
+                text="too many password checks from this address; retry\n",
+                headers={"Retry-After": "1"},
+            )
+        if verified:
             return None
         return web.Response(
             status=401,
@@ -322,7 +331,9 @@ class WebSecurity:
 
     async def _verify(
         self, user: str, password: str, users: dict[str, Any], current: LoadedWeb, peer: str
-    ) -> bool:
+    ) -> bool | None:
+        """True for the right password, False for a wrong one, None when this address has
+        too many checks under way to take another (answered 503, not 401: it may be right)."""
         hashed = users.get(user)
         target = hashed.encode() if hashed is not None else current.dummy_hash
         assert target is not None
@@ -331,10 +342,10 @@ class WebSecurity:
             return True  # a login verified before: no bcrypt, whatever else is queued
         # bcrypt is slow on purpose, so a flood of wrong passwords must not queue ahead of
         # everyone: each client address has at most PEER_CHECKS checks running or waiting,
-        # and one beyond them is refused at once.
+        # and one beyond them is turned away at once.
         checks = self._checks_by_peer.get(peer, 0)
         if checks >= PEER_CHECKS:
-            return False
+            return None
         self._checks_by_peer[peer] = checks + 1
         try:
             async with self._bcrypt_slots:

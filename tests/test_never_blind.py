@@ -191,7 +191,9 @@ class TestFileDescriptors:
             assert total(samples, "wsmon_connected") == allowed == server.open_connections
             assert total(samples, "wsmon_connect_failures_total", reason="resource") > 300
             assert total(samples, "wsmon_connect_failures_total", reason="other") == 0
-            assert server.http_requests == allowed  # no socket for the targets left out
+            # No socket for the targets left out: one handshake per connection the server got.
+            reconnects = total(samples, "wsmon_reconnects_total")
+            assert server.http_requests == allowed + reconnects
             assert [e["event"] for e in child.events].count("fd_budget.short") == 1
         finally:
             await child.stop()
@@ -225,9 +227,10 @@ async def scrape(url: str, **kw: Any) -> tuple[int, float]:
 async def test_a_crowd_of_slow_clients_neither_delays_scrapes_nor_outlives_the_header_timeout(
     server: WSTestServer, start_daemon: StartDaemon
 ) -> None:
-    """1,500 clients that send half a request and wait: every one is closed by the daemon
-    (evicted to make room, or at the 1 s header timeout), at most 16 are ever open at once,
-    and scrapes during the crowd answer at once; every dropped connection is counted."""
+    """1,500 clients from one address that send half a request and wait: every one is
+    closed by the daemon (to make room, or at the 1 s header timeout), never more than 16 are
+    left open, and scrapes from another address answer during the crowd; every dropped
+    connection is counted."""
     h = await start_daemon(
         target("t", server.url),
         http={"read_header_timeout": "1s", "max_connections": 16},
@@ -237,27 +240,38 @@ async def test_a_crowd_of_slow_clients_neither_delays_scrapes_nor_outlives_the_h
     most_open = 0
 
     async def join() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", h.daemon.port)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", h.daemon.port, local_addr=("127.0.0.2", 0)
+        )
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: wsmon\r\nX-Slow: ")  # and nothing more
         crowd.append((reader, writer))
+
+    def still_open() -> int:
+        """Crowd connections the daemon has not closed, as their clients see it."""
+        return sum(1 for r, _ in crowd if not r.at_eof() and r.exception() is None)
 
     started = time.monotonic()
     scrapes: list[tuple[int, float]] = []
     for _ in range(15):
         await asyncio.gather(*(join() for _ in range(100)))
-        most_open = max(most_open, int(h.value("wsmon_http_connections")))
+        await asyncio.sleep(0.05)  # the daemon accepts what is queued, and makes room
+        most_open = max(most_open, still_open())
         scrapes.append(await scrape(f"{base}/metrics"))
     # Every crowd connection ends, by the daemon's hand, within the header timeout.
     ended = await asyncio.wait_for(
-        asyncio.gather(*(reader.read() for reader, _ in crowd), return_exceptions=True), 5
+        asyncio.gather(
+            *(r.read() for r, _ in crowd if r.exception() is None), return_exceptions=True
+        ),
+        5,
     )
     assert time.monotonic() - started < 15 * 0.5 + 1.0 + 2.0
-    assert len(ended) == 1500
+    assert still_open() == 0
+    assert ended
     for _, writer in crowd:
         writer.close()
     assert all(status == 200 for status, _ in scrapes), scrapes
     assert max(seconds for _, seconds in scrapes) < 1.0, scrapes
-    assert most_open <= 16
+    assert most_open <= 16  # (the scrapes' own connections come from 127.0.0.1)
     dropped = sum(
         h.value("wsmon_http_connections_dropped_total", reason=r)
         for r in ("header_timeout", "evicted", "refused")
@@ -276,16 +290,16 @@ async def test_an_idle_kept_alive_connection_is_closed(
         target("t", server.url), http={"idle_timeout": "300ms", "max_header_bytes": 1024}
     )
     reader, writer = await asyncio.open_connection("127.0.0.1", h.daemon.port)
+    started = time.monotonic()
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: wsmon\r\n\r\n")
     assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-    started = time.monotonic()
     rest = await asyncio.wait_for(reader.read(), 3)  # until the daemon closes it
     assert b"ok" in rest
-    assert 0.25 <= time.monotonic() - started < 2.0
+    assert 0.3 <= time.monotonic() - started < 2.0
     writer.close()
     assert h.value("wsmon_http_connections_dropped_total", reason="idle_timeout") == 1
     status, _ = await scrape(f"http://127.0.0.1:{h.daemon.port}/healthz?" + "x" * 2000)
-    assert status in (400, 414)
+    assert status == 400
 
 
 PASSWORD = "right horse battery staple"
@@ -359,7 +373,9 @@ async def test_a_flood_of_wrong_passwords_does_not_starve_the_right_one(
     assert first[0] == 200
     assert first[1] < 2.0, first  # a couple of bcrypt checks, not the flood's queue
     assert all(status == 200 and seconds < 0.5 for status, seconds in later), later
-    assert statuses.get("401", 0) > 200  # the flood was served its answers meanwhile
+    # The flood was answered meanwhile: 401, or 503 beyond two checks under way at once.
+    assert statuses.get("401", 0) + statuses.get("503", 0) > 200
+    assert statuses.get("401", 0) > 0
     assert "200" not in statuses
 
 
@@ -395,7 +411,7 @@ async def rtt_against_holds(h: Harness, calm: ServerProcess, samples: int = 20) 
     mean = h.value("wsmon_probe_rtt_seconds_sum", target="calm", probe="ping") / count
     answered = holds[: int(count)]
     assert sum(answered) / len(answered) <= mean <= sum(answered) / len(answered) + 0.005
-    assert all(r <= max(holds) + 0.010 for r in rtts), (rtts, max(holds))
+    assert all(r <= max(holds) + 0.020 for r in rtts), (rtts, max(holds))
     assert h.value("wsmon_probe_timeouts_total", target="calm", probe="ping") == 0
 
 
@@ -415,6 +431,11 @@ async def test_a_flooding_neighbour_changes_nothing_for_the_calm_target(
     )
     before = rss_bytes()
     await rtt_against_holds(h, calm)
+    # Read at the cap: its burst (up to two seconds' worth) is spent by now.
+    received = h.value("wsmon_messages_received_total", target="noisy")
+    await asyncio.sleep(2.0)
+    rate = (h.value("wsmon_messages_received_total", target="noisy") - received) / 2.0
+    assert 3000 * 0.7 <= rate <= 3000 * 1.15, rate
     assert h.value("wsmon_throttled_seconds_total", target="noisy") > 0.5
     assert rss_bytes() - before < 64 << 20
     streamed = (await noisy.control(stream_rate=0))["streamed"]

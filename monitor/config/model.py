@@ -250,6 +250,14 @@ class TargetSettings(_Strict):
     # backpressure), so that one flooding server cannot take the event loop from the
     # others; 0: no cap.
     max_messages_per_second: float = Field(default=5000.0, ge=0)
+
+    @field_validator("max_messages_per_second")
+    @classmethod
+    def _rate(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("must be 0 (no cap) or at least 1")
+        return v
+
     tls: TLSConfig | None = None
 
     @field_validator("probes")
@@ -306,8 +314,7 @@ class HTTPConfig(_Strict):
     read_header_timeout: Duration = 10.0
     # A kept-alive connection with no request in progress is closed after this long.
     idle_timeout: Duration = 60.0
-    # Connections at once; beyond it the oldest one without a request in progress is closed
-    # to make room, and when every one is serving a request the new one is refused.
+    # Connections at once; at the limit room is made by client address (`monitor.httpguard`).
     max_connections: int = Field(default=64, ge=1, le=10_000)
     # The longest request line, and the longest header line.
     max_header_bytes: int = Field(default=8190, ge=1024, le=1 << 20)
