@@ -168,3 +168,21 @@ def test_hooks_ablation_runs_each_configuration(tmp_path: Path) -> None:
         _positive(a["ratio"][key], f"ablation.ratio.{key}")
     assert set(a["vs_all"]) == set(expected) - {"all"}
     assert "What each hook buys" in report["stdout"]
+
+
+def test_same_run_comparison_of_two_revisions() -> None:
+    """`python -m bench.ab` runs two revisions' daemons in alternating rounds and reports a
+    CPU per round trip for each and their ratio (HEAD against the working tree here)."""
+    before = _digest(RESULTS_MD)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "--before", "HEAD", "--rounds", "1",
+         "--targets", "5", "--window", "1", "--no-write"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| 1 |")]
+    before_us, after_us, ratio = (float(cell) for cell in row.strip("|").split("|")[1:])
+    _positive(before_us, "before")
+    _positive(after_us, "after")
+    assert math.isclose(ratio, after_us / before_us, rel_tol=0.01)
+    assert _digest(RESULTS_MD) == before
