@@ -142,7 +142,7 @@ class ProbeRun:
         """Send now and schedule the next send; a loop that stalled past a whole interval
         skips ahead by whole intervals rather than bursting (the phase is kept). While an
         earlier send still waits for room in the socket buffer (a peer that stopped
-        reading), no new request is added behind it."""
+        reading), no new request is added behind it (see `_blocked`)."""
         clock = self.clock
         now = clock.time()
         scheduled = self.due
@@ -156,6 +156,8 @@ class ProbeRun:
             self.session.m.send_lag.observe(max(0.0, now - scheduled))
             if self.sending is None:
                 self._send(now + self.probe.timeout)
+            else:
+                self._blocked()
         except Exception as exc:  # called by the clock: the session must learn of it
             self.session.fail(exc)
 
@@ -173,8 +175,11 @@ class ProbeRun:
             payload = session.pongs.next_payload()
             pending = Pending(payload, self._pong, self._timed_out)
             opcode = WSMsgType.PING
-        # Register first: the reply can arrive before the send call returns.
+        # Register first: the reply can arrive before the send call returns. The deadline
+        # runs from now: a request stuck behind a full socket buffer (a peer that stopped
+        # reading) goes unanswered just the same.
         self.waiters.register(pending)
+        pending.timer = self.clock.call_at(deadline, pending)
         pending.sent_wall = time.time()
         pending.sent_at = time.perf_counter()  # the clock starts right before the write
         try:
@@ -182,36 +187,36 @@ class ProbeRun:
         except SEND_ERRORS as exc:
             self._failed(pending, exc)
             return
-        if rest is None:
-            self._sent(pending, deadline)
-        else:
-            self.sending = rest
-            rest.add_done_callback(functools.partial(self._sent_later, pending, deadline))
-
-    def _sent(self, pending: Pending, deadline: float) -> None:
+        # Sent: the write began. One that waits for room counts too; its deadline runs.
         self.pm.sent.inc()
-        if not pending.done:
-            pending.timer = self.clock.call_at(deadline, pending)
+        if rest is not None:
+            self.sending = rest
+            rest.add_done_callback(functools.partial(self._sent_later, pending))
 
-    def _sent_later(self, pending: Pending, deadline: float, task: asyncio.Task[None]) -> None:
+    def _sent_later(self, pending: Pending, task: asyncio.Task[None]) -> None:
+        """The rest of a write that waited for room in the socket buffer is done. If it
+        failed, the connection is going: the request is abandoned like any other in flight
+        when a connection ends (its deadline may already have counted it as a timeout)."""
         self.sending = None
         if task.cancelled():
-            self.waiters.forget(pending)
+            self._abandon(pending)
             return
         exc = task.exception()
-        if exc is None:
-            self._sent(pending, deadline)
-        elif isinstance(exc, SEND_ERRORS):
-            self._failed(pending, exc)
-        else:  # a done callback: the session must learn of it
-            self.waiters.forget(pending)
-            self.session.fail(exc)
+        if exc is not None:
+            self._abandon(pending)
+            if not isinstance(exc, SEND_ERRORS):  # a done callback: the session must learn
+                self.session.fail(exc)
+
+    def _abandon(self, pending: Pending) -> None:
+        if pending.timer is not None:
+            self.clock.cancel(pending.timer)
+        pending.done = True
+        self.waiters.forget(pending)
 
     # --- outcomes --------------------------------------------------------------------------
 
     def _failed(self, pending: Pending, exc: BaseException) -> None:
-        pending.done = True
-        self.waiters.forget(pending)
+        self._abandon(pending)
         self.pm.errors["send_failed"].inc()
         self.liveness.send_failed()
         self.session.log.warning(
@@ -256,6 +261,22 @@ class ProbeRun:
         pm.last_rtt.set(rtt)
         pm.last_success.set(time.time())
         self.liveness.answered()
+
+    def _blocked(self) -> None:
+        """Time to send, and the previous request still waits for room in the socket buffer
+        (a peer that stopped reading): this one cannot be written. It counts as `send_failed`
+        and, towards `dead_after_timeouts`, like a timeout: the peer is not reading."""
+        self.pm.errors["send_failed"].inc()
+        consecutive = self.liveness.timed_out()
+        self.session.log.warning(
+            "probe.error",
+            target=self.session.target.name,
+            probe=self.probe.name,
+            reason="send_failed",
+            error="the previous request still waits for room in the socket buffer",
+            consecutive=consecutive,
+        )
+        self.liveness.close_if_dead()
 
     def _timed_out(self, pending: Pending) -> None:
         try:

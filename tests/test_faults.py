@@ -120,7 +120,9 @@ class TestLostConnections:
         assert 0 <= scheduled["delay_s"] <= scheduled["ceiling_s"] == 0.02
         undisturbed(h, other_server)
 
-    @pytest.mark.parametrize("pad", [0, 3 << 20], ids=["small", "fills-socket-buffer"])
+    @pytest.mark.parametrize(
+        "pad", [0, 3 << 20, 12 << 20], ids=["small", "fills-socket-buffer", "exceeds-it"]
+    )
     async def test_frozen_server_process_detected_and_recovered(
         self,
         pad: int,
@@ -131,13 +133,18 @@ class TestLostConnections:
         """A server frozen with SIGSTOP (the kernel still holds and ACKs its sockets) is
         declared dead within 2 x (interval + timeout); after SIGCONT the target recovers.
         With 3 MiB requests the socket buffers fill and sends wait for room that never
-        comes: no request queues up behind them, and closing gives up after close_timeout
-        plus one second."""
-        # A 3 MiB round trip needs more than 0.1 s on a busy machine: longer times then.
-        interval, timeout = (0.8, 0.5) if pad else (0.2, 0.1)
+        comes: no request queues up behind them (one that finds the last still unwritten
+        counts as `send_failed`; a request stuck unwritten, even the first at 12 MiB, times
+        out like any other), and closing gives up after close_timeout plus one second."""
+        # A round trip of megabytes needs more than 0.1 s on a busy machine: longer times
+        # then (and room for the reply, which echoes the request).
+        interval, timeout = {0: (0.2, 0.1), 3 << 20: (0.8, 0.5)}.get(pad, (1.5, 1.0))
         send = {"ping": 1, "pad": "x" * pad} if pad else PING["send"]
         probes = [{**PING, "send": send, "interval": f"{interval}s", "timeout": f"{timeout}s"}]
-        bad = target("bad", server_process.url, probes=probes, close_timeout="100ms")
+        bad = target(
+            "bad", server_process.url, probes=probes, close_timeout="100ms",
+            max_msg_size=32 << 20,
+        )  # fmt: skip
         h = await with_neighbour(start_daemon, bad, other_server)
         await h.wait_for(lambda: h.value("wsmon_up", target="bad") == 1, timeout=10)
         loop = asyncio.get_running_loop()
@@ -155,6 +162,11 @@ class TestLostConnections:
             )
             assert loop.time() - frozen <= bound
             assert h.value("wsmon_up", target="bad") == 0
+            probe = {"target": "bad", "probe": "ping"}
+            timeouts = h.value("wsmon_probe_timeouts_total", **probe)
+            assert 1 <= timeouts <= h.value("wsmon_probes_sent_total", **probe)
+            if pad > 3 << 20:  # the next request found the first still unwritten
+                assert h.value("wsmon_probe_errors_total", **probe, reason="send_failed") >= 1
         finally:
             server_process.thaw()
         await h.wait_for(lambda: h.value("wsmon_up", target="bad") == 1, timeout=10)

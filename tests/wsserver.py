@@ -36,6 +36,7 @@ Responder = Callable[[dict[str, Any]], list[str | bytes] | None]
 
 _WS_PATH = "/ws"
 _STOP_CLOSE_TIMEOUT = 0.25  # seconds stop() grants the close handshake before aborting
+_MAX_MSG_SIZE = 32 << 20  # room for the largest request a test sends (aiohttp's default: 4 MiB)
 _CLOSE_REPLY_TIMEOUT = 2.0  # seconds the server waits for the client's close frame
 _FINISH_TIMEOUT = 5.0  # seconds the actions wait for handlers to notice the connection is gone
 
@@ -329,7 +330,10 @@ class WSTestServer:
         self.http_requests += 1
         if self.handshake_status is not None:
             return web.Response(status=self.handshake_status)
-        ws = web.WebSocketResponse(autoping=False, autoclose=True, timeout=_CLOSE_REPLY_TIMEOUT)
+        ws = web.WebSocketResponse(
+            autoping=False, autoclose=True, timeout=_CLOSE_REPLY_TIMEOUT,
+            max_msg_size=_MAX_MSG_SIZE,
+        )  # fmt: skip
         self.handshakes_in_progress += 1
         self.max_concurrent_handshakes = max(
             self.max_concurrent_handshakes, self.handshakes_in_progress
