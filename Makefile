@@ -22,7 +22,7 @@ WIRE_TESTS := tests/test_connection.py tests/test_faults.py tests/test_hooks.py 
 TOOLS    := promtool prometheus amtool systemd-analyze unshare nsenter ip
 PACKAGES := prometheus prometheus-alertmanager systemd util-linux iproute2
 
-.PHONY: run test lint typecheck pytest test-compat tools bench lock clean
+.PHONY: run test lint typecheck pytest test-compat tools bench lock proto clean
 
 run: $(RUN_STAMP)
 	$(BIN)/wsmon demo $(ARGS)
@@ -43,8 +43,8 @@ $(DEV_STAMP): $(RUN_STAMP)
 	touch $@
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check monitor tests $(wildcard bench)
-	$(BIN)/ruff format --check monitor tests $(wildcard bench)
+	$(BIN)/ruff check monitor tests proto $(wildcard bench)
+	$(BIN)/ruff format --check monitor tests proto $(wildcard bench)
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy monitor
@@ -86,6 +86,14 @@ lock: $(DEV_STAMP)
 	$(BIN)/pip install --quiet 'uv>=0.5'
 	$(BIN)/uv pip compile pyproject.toml --extra speedups --generate-hashes --universal \
 	  --python-version 3.11 --quiet -o $(LOCK)
+
+# The Prometheus protobuf data model (io.prometheus.client.MetricFamily) as Python: protoc from
+# grpcio-tools turns proto/io/prometheus/client/metrics.proto into monitor/metrics_pb2.py and
+# .pyi, then one post-step moves them into the package as monitor.metrics_pb2 with a "generated"
+# header (proto/generate.py; proto/README.md says where the .proto comes from). Never edit the
+# output: tests/test_proto.py regenerates it and fails on any difference.
+proto: $(DEV_STAMP)
+	$(BIN)/python proto/generate.py monitor
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -60,7 +60,8 @@ class Daemon:
         self.listen_override = listen
         self.log_level_override = log_level
         self.registry = registry or Registry()
-        self.metrics = Metrics(self.registry)
+        # `metrics:` is read once: series already exported keep their shape until a restart.
+        self.metrics = Metrics(self.registry, options=config.metrics)
         self.rng = rng
         self.stop_timeout = stop_timeout
         self.http: aiohttp.ClientSession | None = None
@@ -159,6 +160,7 @@ class Daemon:
                 self._reload_from_http,
                 [self._guard.middleware, self.web.middleware],
                 [self.web.add_headers],
+                histograms=self.metrics.options.histograms,
             ),
             access_log=None,
             handle_signals=False,
@@ -256,6 +258,12 @@ class Daemon:
         self.logging.redactor.secrets |= new.secrets
         self.logging.level.level = self.log_level_override or new.log.level
         self.runtime.clock.alignment = new.send_alignment  # for connections opened from now on
+        if new.metrics != self.metrics.options:
+            self.log.warning(
+                "config.restart_needed",
+                keys=["metrics"],
+                detail="the `metrics` block takes effect at the next start; kept as it was",
+            )
         self._check_fds(new)
         changes = await self.supervisor.apply(new)
         # What the old targets held is collected in full once the new ones have settled.

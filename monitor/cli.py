@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, fdbudget, speedups
+from . import __version__, fdbudget, series, speedups
 from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError
@@ -66,7 +66,22 @@ def _check(path: str) -> int:
             print(f"{path}: {problem}")
         return 1
     probes = sum(len(t.probes) for t in cfg.targets)
-    print(f"{path}: OK: {len(cfg.targets)} targets, {probes} probes, listen {cfg.listen}")
+    at_start = series.count(cfg)
+    native = series.count(cfg, native=True).total if cfg.metrics.histograms != "classic" else None
+    print(
+        f"{path}: OK: {len(cfg.targets)} targets, {probes} probes, listen {cfg.listen}; "
+        f"series: {at_start.total} at start ({at_start.spread()}, {at_start.daemon} of the "
+        f"daemon's own), at most {series.ceiling(cfg)} once every known reason and common "
+        "close code has occurred"
+        + (f"; {native} at start scraped with native histograms" if native else "")
+    )
+    if at_start.total > cfg.metrics.series_warning:
+        print(
+            f"{path}: warning: {at_start.total} series exceed metrics.series_warning "
+            f"({cfg.metrics.series_warning}); each costs the Prometheus that scrapes it memory "
+            "and disk. Fewer metrics.rtt_buckets, metrics.histograms: native (with Prometheus's "
+            "native histograms), or fewer probes per target cut them (docs/metrics.md)"
+        )
     budget = fdbudget.budget(cfg, fdbudget.hard_limit())
     if budget.short:
         print(

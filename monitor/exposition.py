@@ -1,4 +1,4 @@
-"""The HTTP endpoints: /metrics, /healthz, /readyz."""
+"""The HTTP endpoints: /metrics (text, or protobuf when asked for), /healthz, /readyz."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from . import protoexpo
 from .registry import Registry
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -17,19 +18,26 @@ Reload = Callable[[], Awaitable[tuple[bool, list[str]]]]
 READY_KEY: web.AppKey[ReadyCheck] = web.AppKey("ready")
 RELOAD_KEY: web.AppKey[Reload] = web.AppKey("reload")
 REGISTRY_KEY = web.AppKey("registry", Registry)
-# The event loop is never held much longer than this by a scrape: probes keep their timing.
-SLICE_SECONDS = 0.00025
-# Pieces of the exposition streamed at a time (and compressed at a time).
+HISTOGRAMS_KEY = web.AppKey("histograms", str)  # metrics.histograms: for the protobuf format
+# Pieces of the exposition made, streamed and compressed at a time: small enough that making
+# one holds the event loop well under a millisecond, so probes keep their timing.
 PIECE_BYTES = 64 * 1024
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    """Render what changed since the last scrape in short slices, then stream the cached
-    text in pieces, compressing each (when gzip is asked for) before the loop moves on."""
+    """Write the exposition a piece at a time, compressing each (when gzip is asked for)
+    and yielding to the loop before the next is made."""
     registry = request.app[REGISTRY_KEY]
-    while not registry.refresh(SLICE_SECONDS):  # noqa: ASYNC110 - yield between slices
-        await asyncio.sleep(0)
-    response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+    pieces: Iterable[bytes]
+    if protoexpo.wants_protobuf(request.headers.get("Accept", "")):
+        histograms = request.app[HISTOGRAMS_KEY]
+        encoder = protoexpo.Encoder(
+            registry, native=histograms != "classic", classic=histograms != "native"
+        )
+        content_type, pieces = protoexpo.CONTENT_TYPE, encoder.pieces()
+    else:
+        content_type, pieces = CONTENT_TYPE_PLAIN_0_0_4, registry.pieces(PIECE_BYTES)
+    response = web.StreamResponse(headers={"Content-Type": content_type})
     compressor = None
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         response.headers["Content-Encoding"] = "gzip"
@@ -37,14 +45,11 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     # Compressed here, piece by piece, rather than in a worker thread: waiting for a thread
     # made scrapes slower and round trips measured during them worse (docs/performance.md).
-    for piece in registry.pieces(PIECE_BYTES):
-        if compressor is None:
-            await response.write(piece)
-        else:
-            data = compressor.compress(piece)
-            if data:  # zlib returns nothing until it has a block's worth
-                await response.write(data)
-            await asyncio.sleep(0)  # the write above may not have yielded
+    for piece in pieces:
+        data = piece if compressor is None or not piece else compressor.compress(piece)
+        if data:  # zlib returns nothing until it has a block's worth
+            await response.write(data)
+        await asyncio.sleep(0)  # the write above may not have yielded
     if compressor is not None:
         await response.write(compressor.flush())
     await response.write_eof()
@@ -82,11 +87,13 @@ def build_app(
     reload_config: Reload,
     middlewares: Iterable[Middleware] = (),
     on_prepare: Iterable[Callable[[web.Request, web.StreamResponse], Awaitable[None]]] = (),
+    histograms: str = "classic",
 ) -> web.Application:
     """The aiohttp application serving the daemon's HTTP endpoints."""
     app = web.Application(middlewares=list(middlewares))
     app.on_response_prepare.extend(on_prepare)
     app[REGISTRY_KEY] = registry
+    app[HISTOGRAMS_KEY] = histograms
     app[READY_KEY] = ready
     app[RELOAD_KEY] = reload_config
     app.router.add_get("/", index)

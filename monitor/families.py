@@ -1,8 +1,10 @@
-"""Metric families and their series: values kept compactly, each with its text cached.
+"""Metric families and their series: values kept compactly, text made only while scraped.
 
 A series' exposition line is assembled from label text shared with other series (per target,
-per family); an update only empties the series' cached text, which the next scrape renders
-again (`monitor.registry`). Counters by a reason-like label share one `Group` per target.
+per family) when a scrape asks for it; nothing of a scrape's text stays behind
+(`monitor.registry`). Counters by a reason-like label share one `Group` per target. A
+histogram keeps its classic bucket counts, and, when asked for, sparse exponential buckets
+for the native histograms of the protobuf exposition (`Native`).
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ def each_series(found: Any) -> Any:
 
 
 def member_text(found: Any) -> str:
-    """One member's text, rendering what has none."""
+    """One member's text."""
     if isinstance(found, list):
-        return "".join([s.text or s.render() for s in found])
-    return str(found.text or found.render())
+        return "".join([s.render() for s in found])
+    return str(found.render())
 
 
 def escape_value(v: str) -> str:
@@ -83,6 +85,7 @@ class Family:
         labelnames: tuple[str, ...] = (),
         buckets: tuple[float, ...] = (),
         grouped: bool = False,
+        native: bool = False,
     ) -> None:
         self.registry = registry
         # Counters by a reason-like label: a target's series live in one `Group` (see there).
@@ -91,7 +94,8 @@ class Family:
         self.documentation = documentation
         self.kind = kind  # "counter", "gauge" or "histogram"
         self.labelnames = labelnames
-        self.buckets = (*buckets, INF) if buckets else ()
+        # Histograms: the series' buckets unless they ask for others; native buckets too.
+        self.native = native
         # Labels are written sorted: `target` must come last for the shared key to work.
         if "target" in labelnames:
             assert all(n <= "target" for n in labelnames), name
@@ -100,7 +104,7 @@ class Family:
         if kind == "histogram":
             # `le` sorts before every other label: every bucket line starts with one of these.
             assert all(n > "le" for n in labelnames), "histogram labels must sort after le"
-            self.bucket_heads = [f'{name}_bucket{{le="{go_float(b)}"' for b in self.buckets]
+            self.layout = Layout(name, buckets)
         self.sample_name = f"{name}_total" if kind == "counter" else name
         doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
         self.header = (
@@ -108,7 +112,7 @@ class Family:
         )
         # key -> the series of one target (a list when it has several); insertion order is
         # output order, so a target's lines stay together.
-        self.members: dict[str, Series | list[Series] | Group] = {}
+        self.members: dict[str, Any] = {}  # Series, HistogramSeries, a list of them, or Group
         # other label values -> head (one copy shared by every target), and back
         self._heads: dict[tuple[str, ...], str] = {}
         self.extra_of: dict[str, tuple[str, ...]] = {}
@@ -117,6 +121,11 @@ class Family:
 
     def labels(self, *values: str) -> Series:
         """The series with these label values, created (at value 0) on first use."""
+        series = self._series(values)
+        assert isinstance(series, Series), self.name
+        return series
+
+    def _series(self, values: tuple[str, ...]) -> Series | HistogramSeries:
         if self.grouped:
             raise TypeError(f"{self.name}: a grouped family; use item()")
         key, head = self._place(values)
@@ -125,10 +134,10 @@ class Family:
         if found is not None:
             for series in found if isinstance(found, list) else (found,):
                 if series.head is head:
-                    return series
-        created: Series
+                    return cast("Series | HistogramSeries", series)
+        created: Series | HistogramSeries
         if self.kind == "histogram":
-            created = HistogramSeries(self, head, key)
+            created = HistogramSeries(self, head, key, self.layout, self.native)
         else:
             created = Series(self, head, key)
         if found is None:
@@ -154,7 +163,6 @@ class Family:
         heads = (*group.heads, head)
         group.heads = self.shared(heads, heads)
         group.values.append(0.0)
-        group.text = ""
         return Item(group, len(group.heads) - 1)
 
     def shared(self, key: Hashable, value: T) -> T:
@@ -190,11 +198,40 @@ class Family:
         # histograms: the labels after `le`; others: the line up to the target label
         return inner if self.kind == "histogram" else f"{self.sample_name}{{{inner}"
 
-    def histogram(self, *values: str) -> HistogramSeries:
-        """`labels()` of a histogram family, typed as such."""
-        series = self.labels(*values)
+    def histogram(self, *values: str, buckets: tuple[float, ...] | None = None) -> HistogramSeries:
+        """`labels()` of a histogram family, typed as such; with `buckets` other than the
+        family's, the series has those (a series whose bounds change starts again from 0:
+        counts in other buckets cannot be carried over)."""
+        series = self._series(values)
         assert isinstance(series, HistogramSeries), self.name
+        if buckets is not None and series.layout.bounds[:-1] != buckets:
+            series.layout = self.shared(("layout", buckets), Layout(self.name, buckets))
+            series.counts = array("Q", bytes(8 * len(series.layout.bounds)))
+            series.sum = 0.0
+            if series.native is not None:
+                series.native = Native()
         return series
+
+    def series_count(self, native: bool = False) -> tuple[int, dict[str, int]]:
+        """The samples this family exposes: (those without a target, by target). A histogram
+        is one series in the native exposition (`native` and the family keeps native
+        buckets), its buckets, count and sum in the classic one."""
+        by_target: dict[str, int] = {}
+        other = 0
+        for key, found in self.members.items():
+            n = 0
+            for series in each_series(found):
+                if isinstance(series, Group):
+                    n += len(series.values)
+                elif isinstance(series, HistogramSeries):
+                    n += 1 if native and series.native is not None else len(series.counts) + 2
+                else:
+                    n += 1
+            if key:
+                by_target[self.registry.target_of[key]] = n
+            else:
+                other += n
+        return other, by_target
 
     def remove(self, **match: str) -> None:
         """Drop every series whose labels include `match`."""
@@ -234,55 +271,170 @@ class Family:
 
 
 class Series:
-    """A counter or gauge value; every change empties its cached text (marks it stale)."""
+    """A counter or gauge value."""
 
-    __slots__ = ("family", "head", "key", "text", "value")
+    __slots__ = ("family", "head", "key", "value")
 
     def __init__(self, family: Family, head: str, key: str) -> None:
         self.family = family
         self.head = head  # shared, and tells the labels other than `target`: see Family
         self.key = key  # shared: the target's label text, or ""
         self.value = 0.0
-        self.text = ""  # the rendered lines; "" until rendered and after every change
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
-        self.text = ""
 
     def set(self, value: float) -> None:
         self.value = float(value)
-        self.text = ""
 
     def render(self) -> str:
         v = self.value
         if -INF < v < 1e6:  # repr is Go's format there, and cheaper
-            self.text = text = f"{self.head}{self.key}{v!r}\n"
-        else:
-            self.text = text = f"{self.head}{self.key}{go_float(v)}\n"
-        return text
+            return f"{self.head}{self.key}{v!r}\n"
+        return f"{self.head}{self.key}{go_float(v)}\n"
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         yield self.family.sample_name, self.family.labels_of(self.head, self.key), self.value
 
 
-class HistogramSeries(Series):
-    """Bucket counts (not cumulative: one increment per observation), sum and count.
+class Layout:
+    """The classic buckets of a histogram: upper bounds (the last +Inf) and the start of
+    each bucket's line, shared by every series with these bounds."""
 
-    Bucket lines are assembled from the family's shared `le` heads, `head` (the labels
+    __slots__ = ("bounds", "heads")
+
+    def __init__(self, name: str, buckets: tuple[float, ...]) -> None:
+        self.bounds = (*buckets, INF)
+        self.heads = [f'{name}_bucket{{le="{go_float(b)}"' for b in self.bounds]
+
+
+# Native histograms: bucket i of schema s holds values in (2**((i-1)/2**s), 2**(i/2**s)].
+# Schema 3 (8 buckets per doubling, each about 9 % wide) is what Prometheus's own clients use
+# by default; a series spread over more than NATIVE_MAX_BUCKETS halves its resolution.
+NATIVE_SCHEMA = 3
+NATIVE_MAX_BUCKETS = 160
+NATIVE_ZERO_THRESHOLD = 2.0**-128  # values this small (or 0) go to the zero bucket
+_NATIVE_BOUNDS = {s: [2.0 ** (j / 2**s - 1) for j in range(2**s)] for s in range(NATIVE_SCHEMA + 1)}
+
+
+def native_index(value: float, schema: int) -> int:
+    """The native bucket of a positive value (as Prometheus's Go client computes it: from
+    the exact mantissa and exponent, so bounds fall where they belong)."""
+    frac, exp = math.frexp(value)
+    if schema > 0:
+        bounds = _NATIVE_BOUNDS[schema]
+        return bisect.bisect_left(bounds, frac) + (exp - 1) * len(bounds)
+    key = exp - 1 if frac == 0.5 else exp
+    offset = (1 << -schema) - 1
+    return (key + offset) >> -schema
+
+
+class Native:
+    """Sparse exponential buckets of one histogram: the counts of a contiguous run of bucket
+    indexes (`first` is the first), at `schema`; most RTTs fall in a few doublings, so the
+    run stays short."""
+
+    __slots__ = ("counts", "first", "schema", "zero")
+
+    def __init__(self) -> None:
+        self.schema = NATIVE_SCHEMA
+        self.first = 0
+        self.counts = array("Q")
+        self.zero = 0
+
+    def observe(self, value: float) -> None:
+        if value <= NATIVE_ZERO_THRESHOLD:  # RTTs and durations are never negative
+            self.zero += 1
+            return
+        i = native_index(value, self.schema)
+        counts = self.counts
+        if not counts:
+            self.first = i
+            counts.append(1)
+            return
+        at = i - self.first
+        if 0 <= at < len(counts):
+            counts[at] += 1
+            return
+        if at < 0:
+            self.counts = array("Q", bytes(8 * -at)) + counts
+            self.first = i
+            at = 0
+        else:
+            counts.extend([0] * (at - len(counts) + 1))
+        self.counts[at] += 1
+        while len(self.counts) > NATIVE_MAX_BUCKETS and self.schema > -4:
+            self._halve()
+
+    def _halve(self) -> None:
+        """One schema down: bucket i becomes bucket ceil(i / 2), every two merge into one."""
+        merged: dict[int, int] = {}
+        for at, n in enumerate(self.counts):
+            if n:
+                j = (self.first + at + 1) // 2
+                merged[j] = merged.get(j, 0) + n
+        self.schema -= 1
+        if not merged:
+            self.counts = array("Q")
+            return
+        lo, hi = min(merged), max(merged)
+        self.first = lo
+        self.counts = array("Q", [merged.get(j, 0) for j in range(lo, hi + 1)])
+
+    def spans(self) -> tuple[list[tuple[int, int]], list[int]]:
+        """The `positive_span`s (offset, length) and the delta-coded counts of the buckets
+        they cover, as the protobuf exposition wants them: the first offset is the first
+        bucket's index, later ones the empty buckets since the span before. A gap of more
+        than two empty buckets starts a new span; shorter ones are carried as zeros."""
+        spans: list[tuple[int, int]] = []
+        run: list[int] = []
+        last = 0  # index of the last bucket covered so far
+        for at, n in enumerate(self.counts):
+            if not n:
+                continue
+            i = self.first + at
+            if spans and i - last - 1 <= 2:
+                run.extend([0] * (i - last - 1))
+                offset, length = spans[-1]
+                spans[-1] = (offset, length + i - last)
+            else:
+                spans.append((i if not spans else i - last - 1, 1))
+            run.append(n)
+            last = i
+        deltas = [b - a for a, b in zip([0, *run], run)]  # noqa: B905
+        return spans, deltas
+
+
+class HistogramSeries:
+    """Bucket counts (not cumulative: one increment per observation), sum and count; with
+    `native`, sparse exponential buckets too.
+
+    Bucket lines are assembled from the layout's shared `le` heads, `head` (the labels
     between `le` and `target`) and the target's key."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("counts", "family", "head", "key", "layout", "native", "sum")
 
-    def __init__(self, family: Family, head: str, key: str) -> None:
-        super().__init__(family, head, key)
-        self.counts = array("Q", bytes(8 * len(family.buckets)))  # no int object per count
+    def __init__(
+        self, family: Family, head: str, key: str, layout: Layout, native: bool = False
+    ) -> None:
+        self.family = family
+        self.head = head
+        self.key = key
+        self.layout = layout
+        self.counts = array("Q", bytes(8 * len(layout.bounds)))  # no int object per count
         self.sum = 0.0
+        self.native = Native() if native else None
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
     def observe(self, amount: float) -> None:
         # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
-        self.counts[bisect.bisect_left(self.family.buckets, amount)] += 1
+        self.counts[bisect.bisect_left(self.layout.bounds, amount)] += 1
         self.sum += amount
-        self.text = ""
+        if self.native is not None:
+            self.native.observe(amount)
 
     def render(self) -> str:
         cumulative = list(itertools.accumulate(self.counts))
@@ -293,7 +445,7 @@ class HistogramSeries(Series):
         else:
             inner = f"{self.head[:-1]}}} " if self.head else None
         tail = f",{inner}" if inner else "} "
-        heads = self.family.bucket_heads
+        heads = self.layout.heads
         if total < 1_000_000:
             lines = [f"{h}{tail}{n}.0\n" for h, n in zip(heads, cumulative)]  # noqa: B905
         else:
@@ -304,14 +456,13 @@ class HistogramSeries(Series):
         total_sum = self.sum
         sum_text = repr(total_sum) if -INF < total_sum < 1e6 else go_float(total_sum)
         lines.append(f"{name}_sum{labels}{sum_text}\n")
-        self.text = text = "".join(lines)
-        return text
+        return "".join(lines)
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         name = self.family.name
         labels = self.family.labels_of(self.head, self.key)
         total = 0
-        for bound, count in zip(self.family.buckets, self.counts, strict=True):
+        for bound, count in zip(self.layout.bounds, self.counts, strict=True):
             total += count
             yield f"{name}_bucket", {**labels, "le": go_float(bound)}, float(total)
         yield f"{name}_count", labels, float(total)
@@ -323,14 +474,13 @@ class Group:
     or `code`: one object and one array of values, much smaller than a Series each (most of
     them stay 0 for the life of the daemon)."""
 
-    __slots__ = ("family", "heads", "key", "text", "values")
+    __slots__ = ("family", "heads", "key", "values")
 
     def __init__(self, family: Family, key: str) -> None:
         self.family = family
         self.key = key
         self.heads: tuple[str, ...] = ()  # shared with every target that has the same labels
         self.values = array("d")
-        self.text = ""
 
     def index_of(self, head: str) -> int | None:
         """Where the value with this head is (heads are shared strings: found by identity)."""
@@ -341,13 +491,12 @@ class Group:
 
     def render(self) -> str:
         key = self.key
-        self.text = text = "".join(
+        return "".join(
             [
                 f"{h}{key}{v!r}\n" if -INF < v < 1e6 else f"{h}{key}{go_float(v)}\n"
                 for h, v in zip(self.heads, self.values)  # noqa: B905
             ]
         )
-        return text
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         family = self.family
@@ -365,7 +514,6 @@ class Group:
         heads = tuple(h for h, _ in kept)
         self.heads = family.shared(heads, heads)
         self.values = array("d", [v for _, v in kept])
-        self.text = ""
         return not kept
 
 
@@ -384,8 +532,6 @@ class Item:
 
     def inc(self, amount: float = 1.0) -> None:
         self.group.values[self.index] += amount
-        self.group.text = ""
 
     def set(self, value: float) -> None:
         self.group.values[self.index] = value
-        self.group.text = ""

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from prometheus_client import GCCollector, PlatformCollector
 
 from . import __version__
-from .families import Family, Item, Series
+from .config import MetricsConfig
+from .families import Family, Group, Item, Series
 from .process import ProcessCollector
 from .registry import Registry
 
@@ -17,21 +18,21 @@ CONNECT_FAILURE_REASONS = (
 )  # fmt: skip
 PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
 UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id")
-# Disconnect series created up front: the ones alert rules look at first.
+# Disconnect series created up front with `precreate: all`: the common codes.
 COMMON_DISCONNECTS = (
     ("1000", "peer"), ("1001", "peer"), ("1006", "network"), ("1011", "peer"), ("1011", "local"),
 )  # fmt: skip
-
-# WebSocket round trips on a healthy link take a few ms; a sick one, seconds.
-RTT_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+# With `precreate: alerts`, only the series the shipped alert rules name (deploy/prometheus):
+# a rate over a series that appears at 1 misses that first increment.
+ALERT_DISCONNECTS = (("1006", "network"), ("1011", "local"))
+ALERT_CONNECT_FAILURES = ("resource",)
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 # `wsmon_build_info{receive_path}`: replies taken from aiohttp's parser by the guarded inbox
 # hook (monitor/aiohooks.py), or all of them returned by aiohttp's public receive().
 RECEIVE_PATHS = ("hooked", "portable")
+# A probe as `for_target` takes it: (name, kind) or (name, kind, rtt_buckets or None).
+ProbeSpec = tuple[str, str] | tuple[str, str, tuple[float, ...] | None]
 
 
 class Metrics:
@@ -41,8 +42,16 @@ class Metrics:
     exporter has: `process_*`, `python_info`, `python_gc_*`. Tests that compare two
     renderings byte for byte leave them out: CPU time moves between the two."""
 
-    def __init__(self, registry: Registry, *, standard: bool = True) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        standard: bool = True,
+        options: MetricsConfig | None = None,
+    ) -> None:
         self.registry = r = registry
+        self.options = o = options or MetricsConfig()
+        native = o.histograms != "classic"
         t = ("target",)
         tp = ("target", "probe")
         self.up = Family(
@@ -71,8 +80,9 @@ class Metrics:
             "wsmon_connect_duration_seconds",
             "TCP + TLS + HTTP upgrade time of successful handshakes.",
             "histogram",
-            t,
+            t if o.per_target_connect_histogram else (),
             buckets=CONNECT_BUCKETS,
+            native=native,
         )
         self.reconnects = Family(
             r,
@@ -105,7 +115,8 @@ class Metrics:
             "Send-to-matching-reply time of answered probes.",
             "histogram",
             tp,
-            buckets=RTT_BUCKETS,
+            buckets=o.rtt_buckets,
+            native=native,
         )
         self.last_rtt = Family(
             r, "wsmon_probe_last_rtt_seconds", "RTT of the latest answered probe.", "gauge", tp
@@ -153,6 +164,7 @@ class Metrics:
             "How late probes were sent compared with their schedule (event loop delay).",
             "histogram",
             buckets=LAG_BUCKETS,
+            native=native,
         ).histogram()
         self.throttled = Family(
             r,
@@ -168,6 +180,7 @@ class Metrics:
             "How late the event loop ran a timer, sampled every second: the daemon's own delay.",
             "histogram",
             buckets=LAG_BUCKETS,
+            native=native,
         ).histogram()
         self.http_connections = Family(
             r, "wsmon_http_connections", "HTTP connections open now.", "gauge"
@@ -225,11 +238,12 @@ class Metrics:
         """Created when a web config is in use (the series would say nothing otherwise)."""
         return self._web_reload.labels()
 
-    def for_target(self, name: str, probes: Iterable[tuple[str, str]]) -> TargetMetrics:
-        """Create every series of a target up front and return handles to them.
+    def for_target(self, name: str, probes: Iterable[ProbeSpec]) -> TargetMetrics:
+        """Create the series of a target that exist from the start (`precreate`) and return
+        handles to them.
 
-        `probes` holds (name, kind) pairs; a ws-ping probe can only fail to send, so it gets
-        no series for reasons that apply to replies.
+        `probes` holds (name, kind) or (name, kind, rtt_buckets) tuples; a ws-ping probe can
+        only fail to send, so it gets no series for reasons that apply to replies.
         """
         return TargetMetrics(self, name, tuple(probes))
 
@@ -260,29 +274,37 @@ class Metrics:
 class ByReason:
     """`view[reason]`: a counter of one family by its last label (`reason`, say).
 
-    The series exist from the start (a rate of an absent series is no rate) and live in the
-    target's `Group`; a lookup finds the reason's place in it by identity, without building
-    label tuples: unmatched messages (a subscription stream) are counted at this speed."""
+    The `reasons` given exist from the start (a rate of an absent series is no rate); the
+    rest are made on first use. They live in the target's `Group`; a lookup finds the
+    reason's place in it by identity, without building label tuples: unmatched messages (a
+    subscription stream) are counted at this speed."""
 
     __slots__ = ("family", "group", "heads", "values")
 
     def __init__(self, family: Family, values: tuple[str, ...], reasons: Iterable[str]) -> None:
         self.family = family
         self.values = values
-        items = {reason: family.item(*values, reason) for reason in reasons}
-        first = next(iter(items.values()))
-        self.group = first.group
-        heads = {reason: item.group.heads[item.index] for reason, item in items.items()}
+        self.group: Group | None = None
+        heads: dict[str, str] = {}
+        for reason in reasons:
+            item = family.item(*values, reason)
+            self.group = item.group
+            heads[reason] = item.group.heads[item.index]
         # one dict for every target with these labels (the heads do not name the target)
-        self.heads = family.shared(("by-reason", values[1:], tuple(heads)), heads)
+        self.heads = family.shared(("by-reason", values[1:]), heads)
 
     def __getitem__(self, reason: str) -> Item:
-        head = self.heads.get(reason)
-        if head is not None:
-            i = self.group.index_of(head)
-            if i is not None:
-                return Item(self.group, i)
-        return self.family.item(*self.values, reason)  # a reason not created up front
+        group = self.group
+        if group is not None:
+            head = self.heads.get(reason)
+            if head is not None:
+                i = group.index_of(head)
+                if i is not None:
+                    return Item(group, i)
+        item = self.family.item(*self.values, reason)  # made now
+        self.group = item.group
+        self.heads.setdefault(reason, item.group.heads[item.index])
+        return item
 
 
 class ProbeMetrics:
@@ -290,12 +312,16 @@ class ProbeMetrics:
 
     __slots__ = ("errors", "last_rtt", "last_success", "rtt", "sent", "timeouts")
 
-    def __init__(self, m: Metrics, target: str, probe: str, kind: str) -> None:
-        self.rtt = m.rtt.histogram(target, probe)
+    def __init__(
+        self, m: Metrics, target: str, probe: str, kind: str, buckets: tuple[float, ...] | None
+    ) -> None:
+        self.rtt = m.rtt.histogram(target, probe, buckets=buckets or m.options.rtt_buckets)
         self.last_rtt = m.last_rtt.labels(target, probe)
         self.sent = m.probes_sent.labels(target, probe)
         self.timeouts = m.probe_timeouts.labels(target, probe)
-        reasons = PROBE_ERROR_REASONS if kind == "message" else ("send_failed",)
+        reasons: tuple[str, ...] = ()
+        if m.options.precreate == "all":
+            reasons = PROBE_ERROR_REASONS if kind == "message" else ("send_failed",)
         self.errors = ByReason(m.probe_errors, (target, probe), reasons)
         self.last_success = m.last_success.labels(target, probe)
 
@@ -309,16 +335,25 @@ class TargetMetrics:
         "probes", "reconnects", "send_lag", "target", "unmatched", "up",
     )  # fmt: skip
 
-    def __init__(self, m: Metrics, target: str, probes: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, m: Metrics, target: str, probes: tuple[ProbeSpec, ...]) -> None:
         self._m = m
         self.target = target
+        every = m.options.precreate == "all"
         self.up = m.up.labels(target)
         self.connected = m.connected.labels(target)
         self.connect_attempts = m.connect_attempts.labels(target)
-        self.connect_failures = ByReason(m.connect_failures, (target,), CONNECT_FAILURE_REASONS)
-        self.connect_duration = m.connect_duration.histogram(target)
+        self.connect_failures = ByReason(
+            m.connect_failures,
+            (target,),
+            CONNECT_FAILURE_REASONS if every else ALERT_CONNECT_FAILURES,
+        )
+        self.connect_duration = (
+            m.connect_duration.histogram(target)
+            if m.options.per_target_connect_histogram
+            else m.connect_duration.histogram()
+        )
         self.reconnects = m.reconnects.labels(target)
-        for code, origin in COMMON_DISCONNECTS:
+        for code, origin in COMMON_DISCONNECTS if every else ALERT_DISCONNECTS:
             m.disconnects.item(target, code, origin)
         self.last_close_code = m.last_close_code.labels(target)
         self.established = m.established.labels(target)
@@ -326,11 +361,14 @@ class TargetMetrics:
         # a perfectly synchronised clock.
         self._time_offset: Series | None = None
         self.messages_received = m.messages_received.labels(target)
-        self.unmatched = ByReason(m.unmatched, (target,), UNMATCHED_REASONS)
+        self.unmatched = ByReason(m.unmatched, (target,), UNMATCHED_REASONS if every else ())
         # Created when the target is first throttled: most never are, and a series per target
         # would cost every scrape.
         self._throttled: Series | None = None
-        self.probes = {name: ProbeMetrics(m, target, name, kind) for name, kind in probes}
+        self.probes = {
+            spec[0]: ProbeMetrics(m, target, spec[0], spec[1], spec[2] if len(spec) > 2 else None)
+            for spec in probes
+        }
         self.send_lag = m.send_lag
 
     def throttled(self, seconds: float) -> None:

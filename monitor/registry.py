@@ -1,20 +1,16 @@
 """A compact metric store with a fast, cached Prometheus text renderer.
 
-prometheus_client formats every sample on every scrape, all of it on the event loop. Here
-every series caches its text, and an update only empties that cache: a scrape re-formats
-what changed since the last one (in short slices, see `Registry.refresh`) and joins cached
-text for the rest. A series holds its value and references to label text shared with other
-series (per target, per family); counters by a reason-like label share one `Group` per
-target, so a target's series cost little before the first scrape and the size of their text
-after it (figures in docs/performance.md). The output is the text format prometheus_client
-writes for the same samples, byte for byte. Collectors in prometheus_client's own sense
-(the standard process and Python families) are registered alongside and written after
-wsmon's families."""
+prometheus_client builds a sample object per series on every scrape. Here a series holds its
+value and references to label text shared with other series (per target, per family), and a
+scrape writes each line straight from those, a piece at a time, keeping nothing of the text
+afterwards: the memory a scrape uses is one piece, whatever the number of series (figures in
+docs/performance.md). Counters by a reason-like label share one `Group` per target. The
+output is the text format prometheus_client writes for the same samples, byte for byte.
+Collectors in prometheus_client's own sense (the standard process and Python families) are
+registered alongside and written after wsmon's families."""
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +24,6 @@ from .families import (
     HistogramSeries,
     Item,
     Series,
-    each_series,
     escape_value,
     go_float,
     member_text,
@@ -49,7 +44,6 @@ class Registry:
         self.collectors = CollectorRegistry(auto_describe=True)
         self._keys: dict[str, str] = {}  # target -> 'target="..."} ', shared by its series
         self.target_of: dict[str, str] = {}  # and back
-        self._scan: Iterator[None] | None = None  # a refresh in progress
 
     def key(self, target: str) -> str:
         """The label text that ends every line of this target's series (one shared str)."""
@@ -69,50 +63,10 @@ class Registry:
         if key is not None:
             del self.target_of[key]
 
-    def stale_series(self) -> int:
-        """Series changed since they were last rendered."""
-        return sum(not s.text for f in self.families for s in f.series())
-
-    def refresh(self, seconds: float | None = None) -> bool:
-        """Re-render stale series; with `seconds`, stop after about that long.
-
-        Returns True when a pass over every series has finished. Callers on the event loop
-        pass a small time budget and yield between calls, so a large re-render never holds
-        the loop; the next call goes on where the previous one stopped.
-        """
-        deadline = math.inf if seconds is None else time.perf_counter() + seconds
-        clock = time.perf_counter
-        if self._scan is None:
-            self._scan = self._render_stale()
-        for _ in self._scan:
-            if clock() >= deadline:
-                return False
-        self._scan = None
-        return True
-
-    def _render_stale(self) -> Iterator[None]:
-        """Render every series whose text is empty, pausing (yielding) every few targets.
-
-        A scan, not a set of stale series: a set costs memory per series (and never
-        shrinks), while a look at every series is cheap when done a chunk of members per
-        comprehension, falling back to a member by member look where a chunk holds a list."""
-        for family in self.families:
-            # changes between pauses go unseen; Any: lists fail the fast path, on purpose
-            members: list[Any] = list(family.members.values())
-            for start in range(0, len(members), 32):
-                chunk = members[start : start + 32]
-                try:
-                    stale = [m for m in chunk if not m.text]
-                except AttributeError:  # a list: the series of several probes of a target
-                    stale = [s for found in chunk for s in each_series(found) if not s.text]
-                for s in stale:
-                    s.render()
-                yield
-
     def pieces(self, size: int = 256 * 1024) -> Iterator[bytes]:
-        """The exposition text, in pieces of about `size` characters: a caller on the event
-        loop yields between pieces, so no piece holds the loop for long. A series that
-        `refresh` has not rendered (created since) is rendered here. The registered
+        """The exposition text, in pieces of about `size` characters, each made when it is
+        asked for: a caller on the event loop yields between pieces, so no piece holds the
+        loop for long, and no more than a piece is held at a time. The registered
         collectors' families come last, as `generate_latest` writes them."""
         for family in self.families:
             members: list[Any] = list(family.members.values())  # may change meanwhile
@@ -122,16 +76,13 @@ class Registry:
             head = family.header
             parts: list[str] = []
             length = 0
-            for start in range(0, len(members), 64):
-                chunk = members[start : start + 64]
+            step = 8 if family.kind == "histogram" else 64  # a few KiB of text per chunk
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
                 try:
-                    texts = [m.text for m in chunk]
+                    text = "".join([m.render() for m in chunk])
                 except AttributeError:  # a list: the series of several probes of a target
-                    texts = [member_text(m) for m in chunk]
-                else:
-                    if "" in texts:  # changed since `refresh`
-                        texts = [member_text(m) for m in chunk]
-                text = "".join(texts)
+                    text = "".join([member_text(m) for m in chunk])
                 parts.append(text)
                 length += len(text)
                 if length >= size:
@@ -144,9 +95,21 @@ class Registry:
             yield extra
 
     def render(self) -> bytes:
-        """The whole exposition at once (stale series are re-rendered first)."""
-        self.refresh()
+        """The whole exposition at once."""
         return b"".join(self.pieces())
+
+    def series_count(self, native: bool = False) -> tuple[int, dict[str, int]]:
+        """Series exposed now: (those without a target, by target); see `Family.series_count`.
+        The collectors' samples count among those without a target."""
+        other = 0
+        by_target: dict[str, int] = {}
+        for family in self.families:
+            n, per = family.series_count(native)
+            other += n
+            for target, k in per.items():
+                by_target[target] = by_target.get(target, 0) + k
+        other += sum(len(m.samples) for m in self.collectors.collect())
+        return other, by_target
 
     # --- prometheus_client compatibility ---------------------------------------------------
 

@@ -61,7 +61,9 @@ class TargetRunner:
     ) -> None:
         self.target = target
         self.http = http
-        self.m = metrics.for_target(target.name, ((p.name, p.kind) for p in target.probes))
+        self.m = metrics.for_target(
+            target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes)
+        )
         self.log = log
         self.limits = limits
         self.runtime = runtime

@@ -28,7 +28,8 @@ class TestRoundTrip:
     ) -> None:
         """A server that delays replies by 50 ms reads 50 ms plus a few ms, never less."""
         server.reply_delay = 0.050
-        probes = [{**PING, "interval": "150ms", "timeout": "120ms"}]
+        buckets = [0.025, 0.05, 0.075, 0.1]  # the probe's own (the default has no 0.075)
+        probes = [{**PING, "interval": "150ms", "timeout": "120ms", "rtt_buckets": buckets}]
         h = await start_daemon(target("t", server.url, probes=probes))
         seen: list[float] = []
 
@@ -409,8 +410,10 @@ async def test_timestamps_durations_and_send_lag(
     await server.wait_for(lambda: server.connections == 2 and server.request_count("ping") >= 5)
     await h.daemon.stop()
     after = time.time()
-    assert h.value("wsmon_connect_duration_seconds_count", target="t") == server.connections
-    assert 0 < h.value("wsmon_connect_duration_seconds_sum", target="t") < 1.0
+    # one histogram for the daemon (metrics.per_target_connect_histogram: false)
+    assert h.value("wsmon_connect_duration_seconds_count") == server.connections
+    assert 0 < h.value("wsmon_connect_duration_seconds_sum") < 1.0
+    assert not h.exists("wsmon_connect_duration_seconds_count", target="t")
     # Stopped: the connection is down, so its timestamp reads 0; the last success is real.
     assert h.value("wsmon_connection_established_timestamp_seconds", target="t") == 0
     assert (
@@ -475,9 +478,8 @@ class TestSendTiming:
         blocking work, yet the round trips read the server's 30 ms delay plus a little."""
         require_hooks(proven_hooks, "stamp")
         server.reply_delay = 0.030
-        h = await start_daemon(
-            target("t", server.url, probes=[{**PING, "interval": "250ms", "timeout": "200ms"}])
-        )
+        probe = {"interval": "250ms", "timeout": "200ms", "rtt_buckets": [0.025, 0.05, 0.075]}
+        h = await start_daemon(target("t", server.url, probes=[{**PING, **probe}]))
         stamp = aiohooks.ReadStamp.__call__
 
         def read_then_block(self: aiohooks.ReadStamp) -> None:

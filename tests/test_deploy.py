@@ -160,8 +160,9 @@ async def test_promtool_check_metrics(server: WSTestServer, start_daemon: StartD
 class Prometheus:
     """A real Prometheus on 127.0.0.1 with a 1 s scrape and evaluation interval."""
 
-    def __init__(self, tmp: Path, wsmon_port: int) -> None:
+    def __init__(self, tmp: Path, wsmon_port: int, features: tuple[str, ...] = ()) -> None:
         self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
         rules = ALERTS.read_text()
         # The test copy of the rules: same expressions, `for:` shortened to seconds.
         rules = re.sub(r"for: \d+m", "for: 2s", rules)
@@ -182,7 +183,8 @@ class Prometheus:
         )
         self.proc = subprocess.Popen(
             [tool("prometheus", "prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             *(f"--enable-feature={f}" for f in features)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.base = f"http://127.0.0.1:{self.port}"
@@ -219,8 +221,8 @@ class Prometheus:
 def prometheus_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[Prometheus] = []
 
-    def start(port: int) -> Prometheus:
-        p = Prometheus(tmp_path, port)
+    def start(port: int, features: tuple[str, ...] = ()) -> Prometheus:
+        p = Prometheus(tmp_path / str(len(started)), port, features)
         started.append(p)
         return p
 
@@ -291,3 +293,55 @@ async def _ready(http: aiohttp.ClientSession, base: str) -> bool:
 async def alerts_now(prom: Prometheus, alerts: Any) -> Any:
     async with aiohttp.ClientSession() as http:
         return await alerts(http)
+
+
+# --- native histograms, scraped by a real Prometheus ------------------------------------------
+
+
+@pytest.mark.parametrize("receive_path", ["hooked"], indirect=True)
+@pytest.mark.parametrize("histograms", ["native", "classic"])
+async def test_prometheus_takes_the_protobuf_exposition(
+    histograms: str, start_daemon: StartDaemon, prometheus_factory: Any
+) -> None:
+    """Prometheus with native histograms on asks for protobuf. With `histograms: native`
+    it stores the RTT histogram as one series, and the p99 of a server that answers after
+    200 ms lies within one native bucket of it; with `classic`, the same request gets the
+    classic buckets. Every other family arrives too."""
+    server = WSTestServer(reply_delay=0.2)
+    await server.start()
+    probes = [{"name": "ping", "send": {"ping": 1}, "interval": "400ms", "timeout": "300ms"}]
+    h = await start_daemon(
+        target("api", server.url, probes=probes), metrics={"histograms": histograms}
+    )
+    prom = prometheus_factory(h.daemon.port, ("native-histograms",))
+    try:
+        await prom.until(lambda http: _ready(http, prom.base), "readiness")
+
+        async def query(http: aiohttp.ClientSession, q: str) -> list[Any]:
+            result: list[Any] = (await prom.get(http, "/api/v1/query", query=q))["data"]["result"]
+            return result
+
+        if histograms == "classic":
+            # 8 buckets and +Inf, count and sum: as in the text format
+            q = 'count({__name__=~"wsmon_probe_rtt_seconds.*",target="api"}) == 11'
+            await prom.until(lambda http: query(http, q), "the classic RTT series")
+            return
+
+        async def p99(http: aiohttp.ClientSession) -> Any:
+            q = 'histogram_quantile(0.99, rate(wsmon_probe_rtt_seconds{target="api"}[1m]))'
+            return await query(http, q)
+
+        (row,) = await prom.until(p99, "p99 of the native RTT histogram")
+        quantile = float(row["value"][1])
+        width = 2 ** (1 / 8)  # one bucket at schema 3
+        assert 0.2 / width <= quantile <= 0.2 * width * width, quantile
+        async with aiohttp.ClientSession() as http:
+            names = await query(
+                http, 'count by (__name__) ({__name__=~"wsmon_probe_rtt_seconds.*",target="api"})'
+            )
+            assert [r["metric"]["__name__"] for r in names] == ["wsmon_probe_rtt_seconds"]
+            assert await query(http, 'wsmon_up{target="api"} == 1')
+            assert await query(http, "process_open_fds")
+            assert await query(http, 'wsmon_connect_failures_total{reason="resource"} == 0')
+    finally:
+        await server.stop()

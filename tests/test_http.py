@@ -6,6 +6,7 @@ import gzip
 import socket
 
 import aiohttp
+import pytest
 from conftest import StartDaemon, target
 from prometheus_client.parser import text_string_to_metric_families
 from wsserver import WSTestServer
@@ -33,9 +34,12 @@ def test_every_contract_metric_is_registered() -> None:
     assert names >= CONTRACT_FAMILIES
 
 
-async def test_endpoints(server: WSTestServer, start_daemon: StartDaemon) -> None:
-    """/metrics (plain and gzip), /healthz and /readyz answer; series exist up front."""
-    h = await start_daemon(target("t", server.url))
+@pytest.mark.parametrize("precreate", ["alerts", "all"])
+async def test_endpoints(precreate: str, server: WSTestServer, start_daemon: StartDaemon) -> None:
+    """/metrics (plain and gzip), /healthz and /readyz answer; series exist up front: with
+    `precreate: alerts` (the default) those the alert rules name, 25 for a target with one
+    probe; with `all`, every reason."""
+    h = await start_daemon(target("t", server.url), metrics={"precreate": precreate})
     await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
     async with aiohttp.ClientSession(auto_decompress=False) as http:
         plain = {"Accept-Encoding": "identity"}
@@ -64,11 +68,19 @@ async def test_endpoints(server: WSTestServer, start_daemon: StartDaemon) -> Non
     samples = {
         (s.name, tuple(sorted(s.labels.items()))) for f in families.values() for s in f.samples
     }
-    for reason in ("dns", "refused", "timeout", "tls", "handshake", "other"):
-        assert ("wsmon_connect_failures_total", (("reason", reason), ("target", "t"))) in samples
+    every = precreate == "all"
+    for reason in ("dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "other"):
+        key = ("wsmon_connect_failures_total", (("reason", reason), ("target", "t")))
+        assert (key in samples) == (every or reason == "resource"), key
     for reason in ("api_error", "unexpected_reply", "invalid_json", "send_failed"):
         key = ("wsmon_probe_errors_total", (("probe", "ping"), ("reason", reason), ("target", "t")))
+        assert (key in samples) == every
+    for code, origin in (("1006", "network"), ("1011", "local")):
+        key = ("wsmon_disconnects_total", (("code", code), ("origin", origin), ("target", "t")))
         assert key in samples
+    per_target = [x for x in text.splitlines() if 'target="t"' in x and "time_offset" not in x]
+    if not every:
+        assert len(per_target) == 25, per_target  # the budget of the default config
     assert not any(s[0].endswith("_created") for s in samples)
     assert h.value("wsmon_targets") == 1
     assert h.value("wsmon_config_last_reload_successful") == 1

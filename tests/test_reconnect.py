@@ -122,7 +122,7 @@ class TestConnectFailures:
                 await d.stop()
                 reasons = ("dns", "refused", "timeout", "tls", "handshake", "other")
                 print(json.dumps({r: get("wsmon_connect_failures_total",
-                                         {"target": "t", "reason": r}) for r in reasons}))
+                                         {"target": "t", "reason": r}) or 0 for r in reasons}))
 
             asyncio.run(main())
             """

@@ -7,12 +7,14 @@ merges `defaults` into targets and reports problems by path.
 from .loading import ConfigError, load, loads
 from .model import (
     DEFAULT_LISTEN,
+    DEFAULT_RTT_BUCKETS,
     MAX_SEND_ALIGNMENT,
     AuthConfig,
     Config,
     Duration,
     HTTPConfig,
     LogConfig,
+    MetricsConfig,
     Name,
     ProbeConfig,
     ReconnectConfig,
@@ -27,6 +29,7 @@ from .sources import MAX_CONFIG_BYTES, SECRET_WORDS, looks_secret
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "DEFAULT_RTT_BUCKETS",
     "MAX_CONFIG_BYTES",
     "MAX_SEND_ALIGNMENT",
     "SECRET_WORDS",
@@ -36,6 +39,7 @@ __all__ = [
     "Duration",
     "HTTPConfig",
     "LogConfig",
+    "MetricsConfig",
     "Name",
     "ProbeConfig",
     "ReconnectConfig",

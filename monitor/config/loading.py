@@ -128,6 +128,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         public_healthz=raw.public_healthz,
         send_alignment=raw.send_alignment,
         http=raw.http,
+        metrics=raw.metrics,
         targets=tuple(targets),
         secrets=frozenset(s for s in used_env | target_secrets(targets) if len(s) >= 4),
         source=source,

@@ -101,6 +101,35 @@ class ReconnectConfig(_Strict):
     reset_after: Duration = 30.0
 
 
+# The RTT histogram's buckets when a probe names none: fine where WebSocket round trips sit
+# (milliseconds to a second), few enough that a target with one probe costs at most 25
+# series with the other defaults (docs/metrics.md counts them).
+DEFAULT_RTT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+MAX_BUCKETS = 40
+
+
+def _buckets(v: Any) -> tuple[float, ...]:
+    """Upper bounds of histogram buckets: 1 to MAX_BUCKETS finite numbers greater than 0, in
+    increasing order (+Inf is always added)."""
+    if not isinstance(v, list | tuple) or not v:
+        raise ValueError("expected a list of bucket bounds in seconds, e.g. [0.01, 0.1, 1]")
+    if len(v) > MAX_BUCKETS:
+        raise ValueError(f"{len(v)} buckets: at most {MAX_BUCKETS} (each is a series)")
+    bounds: list[float] = []
+    for i, b in enumerate(v):
+        if isinstance(b, bool) or not isinstance(b, int | float) or not math.isfinite(b):
+            raise ValueError(f"bucket {i} ({b!r}) is not a finite number (+Inf is implied)")
+        if b <= 0:
+            raise ValueError(f"bucket {i} ({b!r}) must be greater than 0")
+        if bounds and b <= bounds[-1]:
+            raise ValueError(f"bucket {i} ({b!r}) must be greater than the one before")
+        bounds.append(float(b))
+    return tuple(bounds)
+
+
+Buckets = Annotated[tuple[float, ...], BeforeValidator(_buckets)]
+
+
 class ProbeConfig(_Strict):
     """One periodic probe on a target's connection."""
 
@@ -110,6 +139,8 @@ class ProbeConfig(_Strict):
     expect: dict[str, Any] | None = None
     interval: Duration = 30.0
     timeout: Duration = 5.0
+    # Buckets of this probe's RTT histogram; None: `metrics.rtt_buckets`.
+    rtt_buckets: Buckets | None = None
 
     @field_validator("send", "expect", mode="after")
     @classmethod
@@ -320,6 +351,23 @@ class HTTPConfig(_Strict):
     max_header_bytes: int = Field(default=8190, ge=1024, le=1 << 20)
 
 
+class MetricsConfig(_Strict):
+    """How much detail the exposition carries: every series costs the Prometheus that
+    scrapes it memory and disk, per target."""
+
+    # Native histograms (one series each) when the scraper asks for the protobuf format;
+    # `both` keeps the classic buckets there too. The text format is always classic.
+    histograms: Literal["classic", "native", "both"] = "classic"
+    rtt_buckets: Buckets = DEFAULT_RTT_BUCKETS
+    # False: one handshake-time histogram for the whole daemon rather than one per target.
+    per_target_connect_histogram: bool = False
+    # Counters by reason or close code that exist at 0 before anything happened: `alerts`,
+    # the ones the shipped alert rules name; `all`, every known reason and common code.
+    precreate: Literal["alerts", "all"] = "alerts"
+    # check-config warns when the config exports more series than this.
+    series_warning: int = Field(default=200_000, ge=1)
+
+
 class RawConfig(_Strict):
     """The top-level keys except `targets`, which are validated one by one after it."""
 
@@ -336,6 +384,7 @@ class RawConfig(_Strict):
     # Serve /healthz without authentication (for liveness checks that cannot authenticate).
     public_healthz: bool = False
     http: HTTPConfig = HTTPConfig()
+    metrics: MetricsConfig = MetricsConfig()
     defaults: TargetSettings = TargetSettings()
 
     @field_validator("listen")
@@ -364,6 +413,7 @@ class Config:
     public_healthz: bool = False
     send_alignment: float = 0.0
     http: HTTPConfig = field(default_factory=HTTPConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

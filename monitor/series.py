@@ -1,0 +1,70 @@
+"""How many series a configuration exports: what `check-config` tells before a deploy.
+
+Counted, not estimated: the daemon's own metric families are built for the config on a
+registry of their own, with every target's series that exist from the start, and counted
+the way the scraper stores them (each classic bucket a series, or a native histogram one).
+Series made later (a close code or a reason seen for the first time, the server time offset
+once a reply carries one) come on top; `ceiling` counts them too, for the known reasons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .config import Config
+from .metrics import Metrics
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class SeriesCount:
+    """Series at start: per target, and those not labelled with a target (the daemon's)."""
+
+    per_target: dict[str, int]
+    daemon: int
+
+    @property
+    def total(self) -> int:
+        return self.daemon + sum(self.per_target.values())
+
+    def spread(self) -> str:
+        """'25 per target', or '25 to 31 per target (most: deriv)'."""
+        if not self.per_target:
+            return "no targets"
+        low, high = min(self.per_target.values()), max(self.per_target.values())
+        if low == high:
+            return f"{low} per target"
+        most = max(self.per_target, key=lambda t: self.per_target[t])
+        return f"{low} to {high} per target (most: {most})"
+
+
+def count(config: Config, native: bool = False) -> SeriesCount:
+    """The series `config` exports at start; with `native`, as a scraper that takes native
+    histograms stores them (only where `metrics.histograms` makes them)."""
+    registry = Registry()
+    metrics = Metrics(registry, options=config.metrics)
+    for target in config.targets:
+        metrics.for_target(target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes))
+    metrics.targets.set(len(config.targets))
+    daemon, per_target = registry.series_count(native)
+    return SeriesCount({t.name: per_target.get(t.name, 0) for t in config.targets}, daemon)
+
+
+def ceiling(config: Config) -> int:
+    """Series in all once every known reason has occurred and the common close codes were
+    seen, and every target has a server time offset and has been throttled, in the classic
+    exposition (a server's own close codes, 4xxx, add one each on top)."""
+    every = dataclasses.replace(
+        config, metrics=config.metrics.model_copy(update={"precreate": "all"})
+    )
+    registry = Registry()
+    metrics = Metrics(registry, options=every.metrics)
+    for target in every.targets:
+        tm = metrics.for_target(
+            target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes)
+        )
+        tm.set_time_offset(0.0)
+        tm.throttled(0.0)
+    daemon, per_target = registry.series_count()
+    return daemon + sum(per_target.values())
