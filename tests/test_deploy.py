@@ -92,8 +92,9 @@ class TestNames:
         for family in registry.collect():
             if family.type == "counter":
                 names.add(f"{family.name}_total")
-            elif family.type == "histogram":
+            elif family.type == "histogram":  # classic series, and the native one
                 names.update(f"{family.name}_{s}" for s in ("bucket", "sum", "count"))
+                names.add(family.name)
             else:
                 names.add(family.name)
         return names
@@ -343,5 +344,8 @@ async def test_prometheus_takes_the_protobuf_exposition(
             assert await query(http, 'wsmon_up{target="api"} == 1')
             assert await query(http, "process_open_fds")
             assert await query(http, 'wsmon_connect_failures_total{reason="resource"} == 0')
+            # WsmonHighRTT reads native histograms too (its threshold lowered to fire now)
+            (rule,) = [r for r in alert_rules() if r["alert"] == "WsmonHighRTT"]
+            assert await query(http, rule["expr"].replace("> 0.5", "> 0.1"))
     finally:
         await server.stop()
