@@ -10,7 +10,6 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from . import protoexpo
 from .registry import Registry
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -29,7 +28,9 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     and yielding to the loop before the next is made."""
     registry = request.app[REGISTRY_KEY]
     pieces: Iterable[bytes]
-    if protoexpo.wants_protobuf(request.headers.get("Accept", "")):
+    if wants_protobuf(request.headers.get("Accept", "")):
+        from . import protoexpo  # protobuf is loaded when a scraper first asks for it
+
         histograms = request.app[HISTOGRAMS_KEY]
         encoder = protoexpo.Encoder(
             registry, native=histograms != "classic", classic=histograms != "native"
@@ -54,6 +55,32 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         await response.write(compressor.flush())
     await response.write_eof()
     return response
+
+
+def wants_protobuf(accept: str) -> bool:
+    """True when the Accept header ranks the delimited MetricFamily protobuf above text
+    (Prometheus sends it first when its native histograms are on)."""
+    best_proto = best_text = 0.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        args = {}
+        for p in params:
+            k, _, v = p.partition("=")
+            args[k.strip().lower()] = v.strip().strip('"')
+        try:
+            q = float(args.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        media = media.lower()
+        if (
+            media == "application/vnd.google.protobuf"
+            and args.get("proto") == "io.prometheus.client.MetricFamily"
+            and args.get("encoding") == "delimited"
+        ):
+            best_proto = max(best_proto, q)
+        elif media in ("text/plain", "text/*", "*/*", "application/openmetrics-text"):
+            best_text = max(best_text, q)
+    return best_proto > 0 and best_proto >= best_text
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -184,11 +184,15 @@ class Family:
 
     def labels_of(self, head: str, key: str) -> dict[str, str]:
         """The labels of the series with this head and key."""
-        extra = self.extra_of[head]
-        labels = {self.labelnames[i]: v for i, v in zip(self._others, extra, strict=True)}
+        labels = self.other_labels(head)
         if self._target_at >= 0:
             labels["target"] = self.registry.target_of[key]
         return labels
+
+    def other_labels(self, head: str) -> dict[str, str]:
+        """The labels a head tells: every one but `target`."""
+        extra = self.extra_of[head]
+        return {self.labelnames[i]: v for i, v in zip(self._others, extra, strict=True)}
 
     def _head(self, extra: tuple[str, ...]) -> str:
         pairs = sorted(zip((self.labelnames[i] for i in self._others), extra, strict=True))

@@ -8,15 +8,20 @@ histogram carries its native buckets (`metrics.histograms: native`), its classic
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf import proto
 
-from .families import NATIVE_ZERO_THRESHOLD, Family, Group, HistogramSeries, Series
+from .families import NATIVE_ZERO_THRESHOLD, Family, Group, HistogramSeries
 from .metrics_pb2 import Metric, MetricFamily, MetricType
 from .registry import Registry
+
+CONTENT_TYPE = (
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+)
 
 CONTENT_TYPE = (
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
@@ -27,32 +32,6 @@ _TYPES = {"counter": MetricType.COUNTER, "gauge": MetricType.GAUGE,
 _CLIENT_TYPES = {"counter": MetricType.COUNTER, "gauge": MetricType.GAUGE,
                  "info": MetricType.GAUGE}  # fmt: skip
 CHUNK = 256  # series added to a message between two pauses
-
-
-def wants_protobuf(accept: str) -> bool:
-    """True when the Accept header ranks the delimited MetricFamily protobuf above text
-    (Prometheus sends it first when its native histograms are on)."""
-    best_proto = best_text = 0.0
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        args = {}
-        for p in params:
-            k, _, v = p.partition("=")
-            args[k.strip().lower()] = v.strip().strip('"')
-        try:
-            q = float(args.get("q", "1"))
-        except ValueError:
-            q = 0.0
-        media = media.lower()
-        if (
-            media == "application/vnd.google.protobuf"
-            and args.get("proto") == "io.prometheus.client.MetricFamily"
-            and args.get("encoding") == "delimited"
-        ):
-            best_proto = max(best_proto, q)
-        elif media in ("text/plain", "text/*", "*/*", "application/openmetrics-text"):
-            best_text = max(best_text, q)
-    return best_proto > 0 and best_proto >= best_text
 
 
 def delimited(message: Any) -> bytes:
@@ -78,33 +57,26 @@ class Encoder:
             message = MetricFamily(
                 name=family.sample_name, help=family.documentation, type=_TYPES[family.kind]
             )
-            pairs = _Pairs(family)
+            labels = _Labels(family, self.registry.target_of)
+            if family.kind == "histogram":
+                add = functools.partial(self._histograms, message, labels)
+            elif family.grouped:
+                add = functools.partial(_groups, message, labels)
+            else:
+                add = functools.partial(_values, message, labels, family.kind == "counter")
             members: list[Any] = list(family.members.values())  # may change meanwhile
             for start in range(0, len(members), CHUNK):
-                for found in members[start : start + CHUNK]:
-                    for series in found if isinstance(found, list) else (found,):
-                        self._add(message, family, pairs, series)
+                add(members[start : start + CHUNK])
                 yield b""
             yield delimited(message)
         for metric in self.registry.collectors.collect():
             yield delimited(_client_family(metric))
 
-    def _add(self, message: Any, family: Family, pairs: _Pairs, series: Any) -> None:
-        kind = family.kind
-        if isinstance(series, Group):
-            for head, value in zip(series.heads, series.values, strict=True):
-                m = message.metric.add(label=pairs(head, series.key))
-                m.counter.value = value
-        elif isinstance(series, HistogramSeries):
-            m = message.metric.add(label=pairs(series.head, series.key))
-            self._histogram(m.histogram, series)
-        else:
-            assert isinstance(series, Series)
-            m = message.metric.add(label=pairs(series.head, series.key))
-            if kind == "counter":
-                m.counter.value = series.value
-            else:
-                m.gauge.value = series.value
+    def _histograms(self, message: Any, labels: _Labels, members: list[Any]) -> None:
+        for found in members:
+            for series in found if isinstance(found, list) else (found,):
+                m = message.metric.add(label=labels(series.head, series.key))
+                self._histogram(m.histogram, series)
 
     def _histogram(self, h: Any, series: HistogramSeries) -> None:
         counts = series.counts
@@ -127,21 +99,38 @@ class Encoder:
             h.positive_delta.extend(deltas)
 
 
-class _Pairs:
-    """The label pairs of a family's series, from its shared heads and target keys."""
+def _values(message: Any, labels: _Labels, counter: bool, members: list[Any]) -> None:
+    add = message.metric.add
+    for found in members:
+        for series in found if isinstance(found, list) else (found,):
+            m = add(label=labels(series.head, series.key))
+            (m.counter if counter else m.gauge).value = series.value
 
-    def __init__(self, family: Family) -> None:
+
+def _groups(message: Any, labels: _Labels, members: list[Group]) -> None:
+    add = message.metric.add
+    for group in members:
+        for head, value in zip(group.heads, group.values, strict=True):
+            add(label=labels(head, group.key)).counter.value = value
+
+
+class _Labels:
+    """The label pairs of a family's series: those of its shared head (made once per head)
+    and the target's."""
+
+    def __init__(self, family: Family, target_of: dict[str, str]) -> None:
         self.family = family
-        self.cache: dict[tuple[str, str], list[dict[str, str]]] = {}
+        self.target_of = target_of
+        self.heads: dict[str, list[dict[str, str]]] = {}
 
     def __call__(self, head: str, key: str) -> list[dict[str, str]]:
-        found = self.cache.get((head, key))
-        if found is None:
-            labels = self.family.labels_of(head, key)
-            found = [{"name": k, "value": v} for k, v in labels.items()]
-            if len(self.cache) < 4096:  # label sets without a target repeat; per target, not
-                self.cache[(head, key)] = found
-        return found
+        pairs = self.heads.get(head)
+        if pairs is None:
+            labels = self.family.other_labels(head)
+            pairs = self.heads[head] = [{"name": k, "value": v} for k, v in labels.items()]
+        if not key:
+            return pairs
+        return [*pairs, {"name": "target", "value": self.target_of[key]}]
 
 
 def _client_family(metric: Any) -> Any:

@@ -10,7 +10,7 @@ from google.protobuf import proto
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor import protoexpo
+from monitor import exposition, protoexpo
 from monitor.config import MetricsConfig
 from monitor.families import NATIVE_MAX_BUCKETS, Native, native_index
 from monitor.metrics import Metrics
@@ -139,12 +139,12 @@ def test_accept_header_negotiation() -> None:
         "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
         "encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
     )
-    assert protoexpo.wants_protobuf(prom)
-    assert not protoexpo.wants_protobuf("text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-    assert not protoexpo.wants_protobuf("")
-    assert not protoexpo.wants_protobuf("application/vnd.google.protobuf;q=0.9")  # no proto=
-    assert not protoexpo.wants_protobuf(
+    assert exposition.wants_protobuf(prom)
+    assert not exposition.wants_protobuf("text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    assert not exposition.wants_protobuf("")
+    assert not exposition.wants_protobuf("application/vnd.google.protobuf;q=0.9")  # no proto=
+    assert not exposition.wants_protobuf(
         "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
         "encoding=delimited;q=0.2,text/plain;q=0.9"
     )
-    assert not protoexpo.wants_protobuf("application/vnd.google.protobuf;q=oops")
+    assert not exposition.wants_protobuf("application/vnd.google.protobuf;q=oops")
