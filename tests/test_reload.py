@@ -158,6 +158,29 @@ async def test_invalid_reload_keeps_running_config(server: WSTestServer, from_fi
     assert h.value("wsmon_config_last_reload_successful") == 1
 
 
+async def test_metrics_block_and_probe_buckets_on_reload(
+    server: WSTestServer, from_file: Any
+) -> None:
+    """A changed `metrics` block is kept as it was until a restart (`config.restart_needed`),
+    the rest of the reload applies; a probe's new `rtt_buckets` take effect at once, its
+    histogram starting again from 0 with the new bounds."""
+    probe = {"name": "ping", "send": {"ping": 1}, "interval": "50ms", "timeout": "40ms"}
+    h, path = await from_file(target("t", server.url, probes=[probe]))
+    labels = {"target": "t", "probe": "ping"}
+    await h.wait_for(lambda: h.value("wsmon_probe_rtt_seconds_count", **labels) >= 1)
+    doc = yaml.safe_load(path.read_text())
+    doc["metrics"] = {"histograms": "native"}
+    doc["targets"][0]["probes"][0]["rtt_buckets"] = [0.2, 0.4]
+    path.write_text(yaml.safe_dump(doc))
+    assert await h.daemon.reload()
+    (event,) = h.events("config.restart_needed")
+    assert event["keys"] == ["metrics"]
+    assert h.daemon.metrics.options.histograms == "classic"
+    await h.wait_for(lambda: h.value("wsmon_probe_rtt_seconds_count", **labels) >= 1)
+    assert h.exists("wsmon_probe_rtt_seconds_bucket", **labels, le="0.4")
+    assert not h.exists("wsmon_probe_rtt_seconds_bucket", **labels, le="0.005")
+
+
 async def test_reload_over_http(server: WSTestServer, from_file: Any) -> None:
     """POST /-/reload re-reads the file: 200 when applied, 400 listing the problems if not."""
     h, path = await from_file(target("a", server.url))
