@@ -228,11 +228,14 @@ class HookLog(DiscardingStream):
 
 
 def wsmon_config_doc(
-    url: str, targets: int, interval: float, send_alignment: str = "0"
-) -> dict[str, Any]:
-    """The daemon's config: `targets` targets, each with one `ping` message probe."""
+    url: str, targets: int, interval: float, send_alignment: str = "0",
+    histograms: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The daemon's config: `targets` targets, each with one `ping` message probe; with
+    `histograms`, a `metrics: {histograms: ...}` block (without: the daemon's default)."""
     ms = interval * 1000
-    return {
+    extra = {} if histograms is None else {"metrics": {"histograms": histograms}}
+    return extra | {
         "listen": "127.0.0.1:0",
         "send_alignment": send_alignment,
         "defaults": {
@@ -270,7 +273,9 @@ async def start_wsmon(args: argparse.Namespace) -> Any:
     from monitor.log import Logging
 
     t0 = time.perf_counter()
-    doc = wsmon_config_doc(args.url, args.targets, args.interval, args.send_alignment)
+    doc = wsmon_config_doc(
+        args.url, args.targets, args.interval, args.send_alignment, args.metrics_histograms
+    )
     cfg = config_mod.loads(json.dumps(doc), source="<bench>")
     if args.targets == 0:  # the empty daemon (a config needs at least one target)
         cfg = dataclasses.replace(cfg, targets=())
@@ -299,6 +304,7 @@ async def start_wsmon(args: argparse.Namespace) -> Any:
             "hook_log": sink.kept,
             "loop": _loop_name(),
             "send_alignment": args.send_alignment,
+            "metrics_histograms": args.metrics_histograms,
         }
     )
     return daemon
@@ -397,6 +403,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--send-alignment", default="0", help="wsmon: the config's send_alignment")
+    p.add_argument(
+        "--metrics-histograms",
+        choices=("classic", "native", "both"),
+        default=None,
+        help="wsmon: the config's `metrics: {histograms: ...}` (default: no `metrics:` block)",
+    )
     p.add_argument(
         "--receive-path",
         choices=("auto", "portable"),

@@ -234,10 +234,14 @@ class Scrape:
         return (self.started + self.headers) / 2
 
 
-async def scrape(http: aiohttp.ClientSession, port: int) -> Scrape:
-    """GET /metrics as Prometheus does (gzip accepted); timed to the last byte received."""
+async def scrape(http: aiohttp.ClientSession, port: int, gzip_ok: bool = True) -> Scrape:
+    """GET /metrics as Prometheus does (gzip accepted, unless not `gzip_ok`: then the plain
+    body); timed to the last byte received."""
     url = f"http://127.0.0.1:{port}/metrics"
-    headers = {"Accept-Encoding": "gzip", "Accept": "text/plain;version=0.0.4"}
+    headers = {
+        "Accept-Encoding": "gzip" if gzip_ok else "identity",  # else aiohttp offers gzip
+        "Accept": "text/plain;version=0.0.4",
+    }
     started = time.monotonic()
     async with http.get(url, headers=headers) as resp:
         got_headers = time.monotonic()
@@ -250,6 +254,7 @@ async def scrape(http: aiohttp.ClientSession, port: int) -> Scrape:
 
 
 _LABEL = re.compile(rb'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"')
+_TARGETED = re.compile(rb'^[^{ ]*\{(?:[^}]*,)?target="')
 Labels = dict[str, str]
 
 
@@ -291,6 +296,14 @@ class Exposition:
 
     def sample_count(self) -> int:
         return sum(1 for line in self.body.split(b"\n") if line and not line.startswith(b"#"))
+
+    def untargeted_count(self) -> int:
+        """Sample lines without a `target` label (the process's and the daemon's own)."""
+        return sum(
+            1
+            for line in self.body.split(b"\n")
+            if line and not line.startswith(b"#") and not _TARGETED.search(line)
+        )
 
     def buckets(self, name: str) -> list[tuple[float, float]]:
         """A histogram's cumulative buckets summed over its series: [(le, count)], by le."""

@@ -231,7 +231,7 @@ async def _wsmon_up(
     started = await child.expect("started", 120.0)
     open_at = await _all_open(node, plan.targets)
     port = int(started["port"])
-    info = {
+    info: dict[str, Any] = {
         "config_s": starting["config_s"],
         "connect_s": open_at - starting["t"],
         "metrics_port": port,
@@ -239,6 +239,7 @@ async def _wsmon_up(
         "hook_log": started["hook_log"],
         "loop": started["loop"],
         "send_alignment": started["send_alignment"],
+        "edge_scrape_s": [],  # the edges' scrapes (gzip), timed to the last byte
     }
     if not plan.rss_before_scrape:
         await wait_connected(http, port, plan.targets)
@@ -247,6 +248,7 @@ async def _wsmon_up(
         s = await scrape(http, port)
         if s.status != 200:
             raise BenchError(f"{name}: /metrics answered {s.status}")
+        info["edge_scrape_s"].append(s.seconds)
         return Exposition(s.body), s.at
 
     return info, read

@@ -7,7 +7,21 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from .report import ABLATION, MAIN, excess, fmt, goals_table, judge, ratio_text, stall_text, table
+from .report import (
+    ABLATION,
+    MAIN,
+    W6_FIGURES,
+    excess,
+    fmt,
+    goals_table,
+    judge,
+    ratio_text,
+    stall_text,
+    table,
+    w6_ratio,
+    w6_text,
+    w6_value,
+)
 
 W1_LABELS = {
     "floor": "floor (aiohttp loop)",
@@ -111,10 +125,51 @@ def _w1(w1: dict[str, Any]) -> list[str]:
     ]
 
 
+def _w2_memory(w2: dict[str, Any]) -> str:
+    d = w2["wsmon"]
+    n, empty = d["targets"], w2["empty"]["rss_before_scrape_kb"]
+    if "scrapes" not in w2:  # a run from before the ten scrapes
+        return (
+            f"Memory (VmRSS, after the warm-up and before any scrape): "
+            f"{d['rss_before_scrape_kb']} KiB; the empty daemon {empty} KiB: "
+            f"{w2['rss_kib_per_target']:.2f} KiB per target above it; after the scrapes of "
+            f"workloads 2 and 3: {d.get('rss_after_scrapes_kb')} KiB. (This run predates the "
+            "ten scrapes that goals 2b, 2d and 2e read.)"
+        )
+    sc, per = w2["scrapes"], w2["rss_whole_kib_per_target"]
+    after_w3 = d.get("rss_after_w3_kb")
+    return (
+        "Memory, the whole process's VmRSS from `/proc/<pid>/status` (nothing subtracted): "
+        f"(a) after the warm-up, before any scrape, {d['rss_before_scrape_kb']} KiB = "
+        f"{per['before_scrape']:.2f} KiB per target; (b) once the daemon had served "
+        f"{sc['scrapes']} scrapes of `/metrics` (the window's {sc['edge_scrapes']} edges, "
+        f"then one without gzip and {sc['scrapes'] - sc['edge_scrapes'] - 1} with, "
+        f"{sc['pause_s']:g} s apart, VmRSS read at the end of each pause) "
+        f"{d['rss_after_scrapes_kb']} KiB = {per['after_scrapes']:.2f} KiB per target; "
+        f"(b) - (a) = {w2['rss_growth_mib']:+.1f} MiB. VmRSS after the plain scrape and "
+        f"each gzip one after it, KiB: {', '.join(str(v) for v in sc['rss_each_kb'])}. "
+        "For comparison, an empty "
+        f"daemon (no targets) {empty} KiB before any scrape: "
+        f"{w2['rss_kib_per_target']:.2f} KiB per target above it (before any scrape)"
+        + (f"; after workload 3's scrapes as well {after_w3} KiB" if after_w3 else "")
+        + f"; peak (VmHWM) at the end of the window {d['peak_rss_kb']} KiB."
+        "\n\n"
+        f"What a scrape holds at {n} targets: {sc['series']} sample lines (series), "
+        f"{sc['series_per_target']:.2f} per target, {sc['series_untargeted']} of them "
+        f"without a `target` label ({sc['series_per_target_labelled']:.2f} per target "
+        f"with one); body {sc['plain_bytes']} bytes plain "
+        f"({sc['plain_bytes_per_target']:.0f} per target, asked with `Accept-Encoding: "
+        f"identity`), {sc['gzip_bytes']} bytes gzip-compressed "
+        f"({sc['gzip_bytes_per_target']:.0f} per target; {sc['gzip_body_bytes']} once "
+        f"decompressed). The {sc['gzip_scrape_s']['n']} gzip scrapes, timed to the last "
+        f"byte: {', '.join(f'{v:.3f}' for v in sc['gzip_scrape_each_s'])} s (max "
+        f"{sc['gzip_scrape_s']['max']:.3f} s)."
+    )
+
+
 def _w2(w2: dict[str, Any]) -> list[str]:
     d = w2["wsmon"]
     lag = d["send_lag"]
-    empty, scraped = w2["empty"]["rss_before_scrape_kb"], d.get("rss_after_scrapes_kb", 0)
     return [
         "### 2. Capacity",
         "",
@@ -132,12 +187,7 @@ def _w2(w2: dict[str, Any]) -> list[str]:
         f"RTT mean {fmt(d['rtt_mean_ms'], '.3f')} ms; garbage collections "
         f"(`python_gc_collections_total`) {d['gc_collections']}.",
         "",
-        f"Memory (VmRSS from `/proc/<pid>/status`, after the warm-up and before any scrape): "
-        f"{d['rss_before_scrape_kb']} KiB; the empty daemon (no targets) {empty} KiB: "
-        f"{w2['rss_kib_per_target']:.2f} KiB per target. After the scrapes of workloads 2 and "
-        f"3 (the exposition caches its text): {scraped} KiB = "
-        f"{fmt((scraped - empty) / d['targets'], '.2f')} KiB per target (informational); "
-        f"peak (VmHWM) at the end of the window {d['peak_rss_kb']} KiB.",
+        _w2_memory(w2),
         "",
         f"Probe send lag (`wsmon_probe_send_lag_seconds`, its increase over the window: "
         f"{lag['count']} sends): mean {fmt(lag['mean_ms'], '.3f')} ms (sum over count), p50 "
@@ -239,6 +289,55 @@ def _w5(w5: dict[str, Any]) -> list[str]:
     ]
 
 
+def _w6(w6: dict[str, Any]) -> list[str]:
+    run = [v for v in ("classic", "native") if v in w6]
+    both = len(run) == 2
+    head = "| figure | " + " | ".join(run) + (" | native / classic |" if both else " |")
+    rows = [
+        f"| {what} | " + " | ".join(w6_text(w6_value(w6[v], key)) for v in run)
+        + (f" | {w6_ratio(w6, key)} |" if both else " |")
+        for key, what in W6_FIGURES
+    ]  # fmt: skip
+    setups = "; ".join(f"{v}: {_w6_setup(w6[v])}" for v in run)
+    return [
+        "### 6. Prometheus cost",
+        "",
+        f"A real Prometheus ({w6['prometheus']}) scraping one daemon with {w6['targets']} "
+        f"targets (1 probe each per {w6['interval_s']:g} s, `send_alignment: "
+        f"{w6['send_alignment']}`) every {w6['scrape_interval_s']:g} s (`scrape_interval` "
+        f"and `scrape_timeout`, one job `wsmon`) for {w6['ingest_s']:g} s after it was "
+        f"ready (its first scrape comes a few seconds later: service discovery batches its "
+        "updates), a fresh Prometheus and daemon per variant, one after the other on one "
+        f"node server; {setups}. Prometheus runs as `prometheus --config.file=... "
+        "--storage.tsdb.path=... --web.listen-address=127.0.0.1:PORT [feature flags]` (TSDB "
+        "in a temporary directory, a loopback port found free). Then "
+        "read from Prometheus's own `/metrics` (head series and chunks, RSS, Go heap, "
+        "samples appended) and its query API (instant queries at the end; `[...]`: the "
+        "ingestion); CPU of both processes from `/proc/<pid>` over the ingestion. "
+        "`scrape_duration_seconds` is Prometheus's own: from its request until the samples "
+        "were parsed and appended (longer than workload 3's scrapes, timed to the last "
+        "byte). "
+        "`absent`: the query's result was empty. With native histograms stored, "
+        "`count(wsmon_probe_rtt_seconds_bucket)` is absent and the `histogram_count` of the "
+        "RTT histograms' rate is above 0; with classic ones, the reverse.",
+        "",
+        head,
+        "|---|" + "---|" * (len(run) + (1 if both else 0)),
+        *rows,
+        "",
+    ]
+
+
+def _w6_setup(v: dict[str, Any]) -> str:
+    """One variant's daemon config and Prometheus feature flags."""
+    hist = v["metrics_histograms"]
+    daemon = "no `metrics:` block (classic, the default)" if hist is None else (
+        f"`metrics: {{histograms: {hist}}}`")  # fmt: skip
+    flags = [a for a in v["prometheus_argv"] if a.startswith("--enable-feature")]
+    flag = " ".join(f"`{a}`" for a in flags) or "no feature flag"
+    return f"the daemon with {daemon}, Prometheus with {flag}"
+
+
 def _profile(prof: dict[str, Any]) -> list[str]:
     out = ["### Where wsmon spends CPU (workload 1 size, stock asyncio)", "", prof["note"], ""]
     if prof["top"]:
@@ -251,7 +350,7 @@ def _profile(prof: dict[str, Any]) -> list[str]:
 def details(res: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, part in (("w1", _w1), ("w2", _w2), ("w3", _w3), ("w4", _w4), ("w5", _w5),
-                      ("profile", _profile)):  # fmt: skip
+                      ("w6", _w6), ("profile", _profile)):  # fmt: skip
         if res.get(key):
             out += part(res[key])
     return out
@@ -348,7 +447,7 @@ def machine_text(m: dict[str, Any]) -> str:
 def render(merged: dict[str, Any]) -> str:
     """The bench.run section of RESULTS.md, from the merged results."""
     res = merged["results"]
-    keys = [k for k in ("1", "2", "3", "4", "5", "profile") if k in merged["runs"]]
+    keys = [k for k in ("1", "2", "3", "4", "5", "6", "profile") if k in merged["runs"]]
     out = [
         MAIN[0],
         "## Performance workloads (`bench/run.py`)",
@@ -360,8 +459,11 @@ def render(merged: dict[str, Any]) -> str:
         "the project's virtualenv (`pip install -e '.[dev]'`; Node.js >= 18 and npm on PATH, "
         "`bench/node/node_modules` is installed with `npm ci` when missing): "
         "`python -m bench.run [--quick] [--only 1,3] [--monitor-rev REV] [--profile] "
-        "[--no-write] [--json PATH]`, and `python -m bench.run --only 1 --hooks-ablation` "
-        "for the section after this one. `--quick` is a smoke test (`tests/test_bench.py`). "
+        "[--no-write] [--json PATH]` (workloads 1 to 5 unless `--only` says otherwise), "
+        "`python -m bench.run --only 6` for workload 6 (a real Prometheus: the `prometheus` "
+        "binary on PATH; `--w6-variants classic,native`), and `python -m bench.run --only 1 "
+        "--hooks-ablation` for the section after this one. `--quick` is a smoke test "
+        "(`tests/test_bench.py`). "
         "The children run monitor/ from a copy made at the start (or as committed at "
         "`--monitor-rev REV`), so that edits made meanwhile stay out of a run. Every figure "
         "is also in `bench/results.json`.",

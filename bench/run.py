@@ -4,7 +4,11 @@ Run from the repository root::
 
     python -m bench.run [--quick] [--only 1,3] [--monitor-rev REV] [--profile] [--no-write]
                         [--json PATH] [--rounds N]
+    python -m bench.run --only 6 [--quick] [--w6-variants classic,native]
     python -m bench.run --only 1 --hooks-ablation [--quick] [--rounds N]
+
+Without ``--only``, workloads 1 to 5 run; workload 6 (a real Prometheus, the ``prometheus``
+binary on PATH, a few minutes per variant) runs only when named in ``--only``.
 
 The workloads are in ``bench/workloads.py``, how one client is measured in
 ``bench/measure.py``, the goals and their judging in ``bench/report.py``. Every figure printed
@@ -29,7 +33,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from . import nodeserver, workloads
+from . import nodeserver, promserver, workloads
 from .harness import ROOT, BenchError, loadavg, machine, monitor_digest, run_text, snapshot
 from .measure import Launcher
 from .render import render, render_ablation
@@ -42,6 +46,8 @@ REQUIRED = {
     "uvloop": "wsmon with the speed-ups (workload 1, the ablation)",
     "prometheus_client": "the scrape baseline (workload 3)",
 }
+WORKLOADS = {1, 2, 3, 4, 5, 6}
+DEFAULT = {1, 2, 3, 4, 5}  # workload 6 only when asked for
 
 
 def preflight(only: set[int], ablation: bool) -> None:
@@ -51,6 +57,8 @@ def preflight(only: set[int], ablation: bool) -> None:
         needed |= {"websockets", "uvloop"}
     if ablation:
         needed.add("uvloop")
+    if 6 in only:
+        promserver.binary()
     missing = sorted(n for n in needed if importlib.util.find_spec(n) is None)
     if missing:
         uses = "; ".join(f"{n}: {REQUIRED[n]}" for n in missing)
@@ -75,6 +83,8 @@ async def run_all(run: Run, profile: bool, ablation: bool) -> None:
         await workloads.workload3_baselines(run)
     if 4 in run.only:
         await workloads.workload4(run)
+    if 6 in run.only:
+        await workloads.workload6(run)
     if profile:
         await workloads.profile_wsmon(run)
 
@@ -94,15 +104,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="add a py-spy profile of wsmon")
     p.add_argument("--rounds", type=int, default=None, help="rounds of workload 1 / ablation")
     p.add_argument(
+        "--w6-variants",
+        default=",".join(workloads.W6_VARIANTS),
+        metavar="LIST",
+        help="workload 6's variants, in this order (default: %(default)s)",
+    )
+    p.add_argument(
         "--monitor-rev",
         metavar="REV",
         help="run monitor/ as committed at REV instead of a copy of the working tree's",
     )
     args = p.parse_args(argv)
-    only = {1, 2, 3, 4, 5} if args.only is None else {
+    only = set(DEFAULT) if args.only is None else {
         int(x) for x in args.only.split(",") if x.strip()}  # fmt: skip
-    if not only <= {1, 2, 3, 4, 5}:
-        p.error("--only takes workload numbers 1 to 5")
+    if not only <= WORKLOADS:
+        p.error("--only takes workload numbers 1 to 6")
+    variants = tuple(v.strip() for v in args.w6_variants.split(",") if v.strip())
+    unknown = sorted(set(variants) - set(workloads.W6_VARIANTS))
+    if unknown or not variants or len(set(variants)) != len(variants):
+        p.error(f"--w6-variants takes one or more of {', '.join(workloads.W6_VARIANTS)}, "
+                "each once")  # fmt: skip
+    args.w6_variants_tuple = variants
     if args.hooks_ablation:
         if only != {1} or args.only is None:
             p.error("--hooks-ablation is workload 1's: give it with --only 1")
@@ -124,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             mach["worktree_digest_start"] = mach["monitor_digest"]
             src = snapshot(args.monitor_rev, Path(tmp) / "src")
             mach["monitor_digest"] = monitor_digest(src)
-            run = Run(sizes, args.only_set, Path(tmp), Launcher(src))
+            run = Run(
+                sizes, args.only_set, Path(tmp), Launcher(src), w6_variants=args.w6_variants_tuple
+            )
             asyncio.run(run_all(run, args.profile, args.hooks_ablation))
         except (BenchError, nodeserver.NodeSetupError) as exc:
             print(f"bench.run failed: {exc}", file=sys.stderr)

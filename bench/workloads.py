@@ -1,17 +1,23 @@
-"""The five workloads, the hooks ablation and the profile; each puts its figures in
+"""The six workloads, the hooks ablation and the profile; each puts its figures in
 `Run.results` (the report judges and renders them, see `bench.report`).
 
 1. CPU per probe round trip: 1,000 targets, 1 s interval; the clients of `W1_CLIENTS` in
    turn, `w1_rounds` times, each in its own process on the same node server;
-2. capacity: 10,000 targets, 30 s interval: daemon CPU, resident memory per target above
-   an empty daemon, probe send lag;
+2. capacity: 10,000 targets, 30 s interval: daemon CPU, probe send lag; resident memory
+   (the whole process's VmRSS) per target after the warm-up, before any scrape, and once
+   the daemon has served ten scrapes of ``/metrics``; what a scrape holds (series per
+   target, body bytes plain and gzip) and how long it takes; an empty daemon for comparison;
 3. scrape cost: ``/metrics`` of a daemon with 1,000 and 10,000 targets (every series
    populated), timed from here while a 1 ms lag sensor runs in the daemon's process;
    baseline: ``prometheus_client.generate_latest`` on an equivalent registry;
 4. RTT fidelity: 1,000 targets, server reply delay 20 ms, a scrape every second, on both
    receive paths, against the floor's own RTT excess (unscraped);
 5. start-up: 10,000 targets connected while the server never sees more upgrades in
-   progress than the daemon's handshake limit; measured on workload 2's daemon.
+   progress than the daemon's handshake limit; measured on workload 2's daemon;
+6. Prometheus cost: a real Prometheus (``bench.promserver``) scrapes a 10,000-target daemon
+   every 5 s for 3 minutes, once with classic histograms and once with native ones (the
+   daemon's ``metrics: {histograms: native}``, Prometheus with native histograms on); what
+   Prometheus holds and uses then, from its own ``/metrics`` and its query API.
 """
 
 from __future__ import annotations
@@ -22,18 +28,21 @@ import shlex
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from . import nodeserver
+from . import nodeserver, promserver
 from .common import summary
 from .harness import (
     BenchError,
     Child,
     Exposition,
+    ProcStat,
+    Scrape,
     client_argv,
     promtool_check,
     say,
@@ -42,6 +51,8 @@ from .harness import (
 from .measure import Launcher, Plan, measure_client, wait_connected
 
 HANDSHAKE_LIMIT = 50  # wsmon's default max_concurrent_handshakes
+RSS_SCRAPES = 10  # workload 2's memory (b): VmRSS once the daemon has served this many scrapes
+SCRAPE_PAUSE = 0.3  # seconds between workload 2's scrapes (VmRSS is read at the end of each)
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,10 @@ class Sizes:
     handshake_delay_ms: float
     empty_window: float
     profile_s: float
+    w6_targets: int
+    w6_interval: float  # the daemon's probe interval
+    w6_ingest: float  # seconds Prometheus scrapes the daemon, per variant
+    w6_scrape_interval: float  # Prometheus's scrape_interval (and scrape_timeout)
 
 
 FULL = Sizes(
@@ -82,6 +97,7 @@ FULL = Sizes(
     w3_small=1000, w3_scrapes=3, w3_drops=(3, 2), baseline_repeat=(3, 1),
     w4_targets=1000, w4_interval=1.0, w4_window=15.0, w4_delay_ms=20.0,
     handshake_delay_ms=20.0, empty_window=2.0, profile_s=20.0,
+    w6_targets=10_000, w6_interval=30.0, w6_ingest=180.0, w6_scrape_interval=5.0,
 )  # fmt: skip
 QUICK = Sizes(
     name="quick", warmup=0.5,
@@ -91,7 +107,16 @@ QUICK = Sizes(
     w3_small=20, w3_scrapes=2, w3_drops=(1, 1), baseline_repeat=(1, 1),
     w4_targets=20, w4_interval=0.2, w4_window=2.5, w4_delay_ms=20.0,
     handshake_delay_ms=5.0, empty_window=0.3, profile_s=2.0,
+    w6_targets=100, w6_interval=0.5, w6_ingest=20.0, w6_scrape_interval=2.0,
 )  # fmt: skip
+
+
+# Workload 6's variants: the daemon's `metrics: {histograms: ...}` (None: no `metrics:` block,
+# the daemon's default, classic) and whether Prometheus runs with native histograms on.
+W6_VARIANTS: dict[str, tuple[str | None, bool]] = {
+    "classic": (None, False),
+    "native": ("native", True),
+}
 
 
 @dataclass
@@ -101,6 +126,7 @@ class Run:
     log_dir: Path
     launcher: Launcher
     results: dict[str, Any] = field(default_factory=dict)
+    w6_variants: tuple[str, ...] = tuple(W6_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -279,12 +305,16 @@ async def workload2(run: Run) -> None:
                 "handshake_delay_ms": s.handshake_delay_ms,
                 "limit": HANDSHAKE_LIMIT,
             }
+            port = int(res["metrics_port"])
+            if full:  # memory once /metrics has been scraped (exposition caches included)
+                scrapes = await scrape_series(child, port, s.w2_targets, res["edge_scrape_s"])
+                res["rss_after_scrapes_kb"] = scrapes["rss_each_kb"][-1]
             if 3 in run.only:
                 run.results.setdefault("w3", {})["large"] = await scrape_phase(
-                    run, child, node, int(res["metrics_port"]), s.w2_targets
+                    run, child, node, port, s.w2_targets
                 )
-            if full:  # memory once /metrics has been scraped (exposition caches included)
-                res["rss_after_scrapes_kb"] = _rss(child)
+                if full:
+                    res["rss_after_w3_kb"] = _rss(child)
         finally:
             await child.finish()
         if full:
@@ -292,11 +322,18 @@ async def workload2(run: Run) -> None:
             plan = Plan("wsmon", 0, s.empty_window, s.empty_window, "hooked",
                         rss_before_scrape=True)  # fmt: skip
             empty, _ = await measure_client(run.launcher, "w2-wsmon-empty", argv, node, plan)
-            per = (res["rss_before_scrape_kb"] - empty["rss_before_scrape_kb"]) / s.w2_targets
+            before, after = res["rss_before_scrape_kb"], res["rss_after_scrapes_kb"]
             run.results["w2"] = {
                 "wsmon": res,
                 "empty": empty,
-                "rss_kib_per_target": per,
+                # above an empty daemon, before any scrape (the former goal 2b's figure)
+                "rss_kib_per_target": (before - empty["rss_before_scrape_kb"]) / s.w2_targets,
+                "rss_whole_kib_per_target": {  # the whole process's VmRSS over the targets
+                    "before_scrape": before / s.w2_targets,
+                    "after_scrapes": after / s.w2_targets,
+                },
+                "rss_growth_mib": (after - before) / 1024,
+                "scrapes": scrapes,
                 "interval_s": s.w2_interval,
             }
 
@@ -304,6 +341,54 @@ async def workload2(run: Run) -> None:
 def _rss(child: Child) -> int:
     with open(f"/proc/{child.pid}/status", encoding="ascii") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+async def _scrape_ok(http: aiohttp.ClientSession, port: int, gzip_ok: bool = True) -> Scrape:
+    sc = await scrape(http, port, gzip_ok)
+    if sc.status != 200:
+        raise BenchError(f"/metrics answered {sc.status}")
+    return sc
+
+
+async def scrape_series(
+    child: Child, port: int, targets: int, served: list[float]
+) -> dict[str, Any]:
+    """Workload 2's scrapes after its window, until the daemon has served `RSS_SCRAPES` with
+    the window's edges (`served`: their times): one without gzip (the plain body's size),
+    the rest with gzip as Prometheus asks, `SCRAPE_PAUSE` apart, VmRSS read at the end of
+    each pause; the last one's sample lines (series) counted."""
+    gzip_s = list(served)
+    rss: list[int] = []
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as http:
+        plain = await _scrape_ok(http, port, gzip_ok=False)
+        await asyncio.sleep(SCRAPE_PAUSE)
+        rss.append(_rss(child))
+        last = plain
+        for _ in range(max(1, RSS_SCRAPES - len(served) - 1)):
+            last = await _scrape_ok(http, port)
+            gzip_s.append(last.seconds)
+            await asyncio.sleep(SCRAPE_PAUSE)
+            rss.append(_rss(child))
+    x = Exposition(last.body)
+    series, untargeted = x.sample_count(), x.untargeted_count()
+    return {
+        "scrapes": len(served) + len(rss),
+        "edge_scrapes": len(served),
+        "gzip_scrape_s": summary(gzip_s),
+        "gzip_scrape_each_s": [round(v, 4) for v in gzip_s],
+        "plain_bytes": plain.wire_bytes,
+        "gzip_bytes": last.wire_bytes,
+        "gzip_body_bytes": len(last.body),
+        "plain_bytes_per_target": plain.wire_bytes / targets,
+        "gzip_bytes_per_target": last.wire_bytes / targets,
+        "series": series,
+        "series_untargeted": untargeted,
+        "series_per_target": series / targets,  # every sample line
+        "series_per_target_labelled": (series - untargeted) / targets,  # goal 2e's
+        "rss_each_kb": rss,  # after the plain scrape, then after each gzip one
+        "pause_s": SCRAPE_PAUSE,
+    }
 
 
 async def scrape_phase(
@@ -398,6 +483,120 @@ async def workload4(run: Run) -> None:
                         scrape_every=every, delay_ms=s.w4_delay_ms)  # fmt: skip
             out[key], _ = await measure_client(run.launcher, f"w4-{key}", argv, node, plan)
     run.results["w4"] = out
+
+
+# --- workload 6: Prometheus cost ------------------------------------------------------
+
+# From Prometheus's own /metrics at the end of the ingestion.
+PROM_OWN = (
+    "prometheus_tsdb_head_series",
+    "prometheus_tsdb_head_chunks",
+    "process_resident_memory_bytes",
+    "go_memstats_heap_inuse_bytes",
+    "prometheus_tsdb_head_samples_appended_total",
+)
+
+
+def prom_queries(window: str) -> dict[str, str]:
+    """What workload 6 asks Prometheus's query API at the end of the ingestion (`window`:
+    the ingestion, as a range)."""
+    job = f'{{job="{promserver.JOB}"}}'
+    return {
+        "series_of_job": f"count({job})",
+        "samples_scraped": f"scrape_samples_scraped{job}",
+        "scrape_s_last": f"scrape_duration_seconds{job}",
+        "scrape_s_mean": f"avg_over_time(scrape_duration_seconds{job}[{window}])",
+        "scrape_s_max": f"max_over_time(scrape_duration_seconds{job}[{window}])",
+        "scrapes": f"count_over_time(up{job}[{window}])",
+        "scrapes_up": f"sum_over_time(up{job}[{window}])",
+        # native histograms stored: no classic buckets, a histogram count that grows
+        "classic_rtt_bucket_series": "count(wsmon_probe_rtt_seconds_bucket)",
+        "native_rtt_count_rate": "histogram_count(sum(rate(wsmon_probe_rtt_seconds[1m])))",
+    }
+
+
+async def workload6(run: Run) -> None:
+    """A real Prometheus against the daemon, once per variant, on one node server."""
+    s = run.sizes
+    say(f"workload 6: {s.w6_targets} targets, Prometheus scraping every "
+        f"{s.w6_scrape_interval:g}s for {s.w6_ingest:g}s, variants "
+        f"{', '.join(run.w6_variants)}")  # fmt: skip
+    out: dict[str, Any] = {
+        "targets": s.w6_targets,
+        "interval_s": s.w6_interval,
+        "ingest_s": s.w6_ingest,
+        "scrape_interval_s": s.w6_scrape_interval,
+        "send_alignment": s.w2_send_alignment,
+        "prometheus": promserver.version(),
+        "variants": list(run.w6_variants),
+    }
+    async with nodeserver.NodeServer() as node:
+        for variant in run.w6_variants:
+            out[variant] = await _w6_variant(run, node, variant)
+    run.results["w6"] = out
+
+
+async def _w6_variant(run: Run, node: nodeserver.NodeServer, variant: str) -> dict[str, Any]:
+    s = run.sizes
+    histograms, native = W6_VARIANTS[variant]
+    extra = ["--send-alignment", s.w2_send_alignment]
+    if histograms is not None:
+        extra += ["--metrics-histograms", histograms]
+    argv = client_argv("wsmon", node.url, s.w6_targets, s.w6_interval, *extra)
+    plan = Plan("wsmon", s.w6_targets, s.warmup, s.empty_window, "hooked",
+                rss_before_scrape=True)  # fmt: skip
+    name = f"w6-wsmon-{variant}"
+    res, child = await measure_client(run.launcher, name, argv, node, plan, keep=True)
+    assert child is not None
+    workdir = run.log_dir / f"prometheus-{variant}"
+    try:
+        prom = promserver.PromServer(
+            workdir, int(res["metrics_port"]), s.w6_scrape_interval, native
+        )
+        async with prom:
+            run.launcher.commands.append(shlex.join(["prometheus", *prom.argv[1:]]))
+            say(f"{name}: Prometheus {'with' if native else 'without'} native histograms "
+                f"on port {prom.port}, ingesting for {s.w6_ingest:g}s")  # fmt: skip
+            got = await _ingest(prom, child, s.w6_ingest)
+    finally:
+        await child.finish()
+    got["metrics_histograms"] = histograms  # None: no `metrics:` block
+    got["native_histograms_feature"] = native
+    got["prometheus_argv"] = prom.argv[1:]
+    got["daemon"] |= {
+        "rss_before_scrape_kb": res["rss_before_scrape_kb"],
+        "connect_s": res["connect_s"],
+        "receive_path": res["receive_path"],
+    }
+    return got
+
+
+async def _ingest(prom: promserver.PromServer, child: Child, seconds: float) -> dict[str, Any]:
+    """Let Prometheus scrape the daemon for `seconds`; then what it holds and used, and what
+    the daemon used meanwhile."""
+    daemon, server = ProcStat(child.pid), ProcStat(prom.pid)
+    d0, p0, t0 = daemon.cpu_s(), sum(server.user_system_s()), time.monotonic()
+    await asyncio.sleep(seconds)
+    d1, p1, t1 = daemon.cpu_s(), sum(server.user_system_s()), time.monotonic()
+    wall = t1 - t0
+    x = await prom.metrics()
+    own = {name: x.total(name) for name in PROM_OWN}
+    queries = prom_queries(f"{max(1, round(wall))}s")
+    answers = {key: await prom.value(expr) for key, expr in queries.items()}
+    return {
+        "ingest_s": wall,
+        "own": own,
+        "queries": queries,
+        "answers": answers,
+        "prometheus_cpu_s": p1 - p0,
+        "prometheus_cpu_pct_of_core": 100.0 * (p1 - p0) / wall,
+        "prometheus_peak_rss_kb": server.status()["VmHWM"],
+        "daemon": {
+            "cpu_s": d1 - d0,
+            "cpu_pct_of_core": 100.0 * (d1 - d0) / wall,
+            "rss_end_kb": _rss(child),
+        },
+    }
 
 
 # --- profile ----------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_quick_run_produces_every_figure(tmp_path: Path) -> None:
     _positive(w5["max_upgrades_in_progress"], "w5.max_upgrades_in_progress")
 
     judged = {v["goal"] for v in report["verdicts"] if v["verdict"] in ("PASS", "FAIL")}
-    assert judged == {"1a", "1b", "2a", "2b", "2c", "3a", "3b", "4a", "4b", "5a", "5b"}
+    assert judged == {"1a", "1b", "2a", "2b", "2c", "2d", "2e", "3a", "3b", "4a", "4b", "5a", "5b"}
     assert "| goal | # | measure | figure | threshold | result |" in report["stdout"]
 
 
