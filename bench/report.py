@@ -210,7 +210,8 @@ GOALS = (
          "sends in the buckets up to le=0.02 (the p99 shown as histogram_quantile "
          "interpolates it)", 20.0, _w2_lag),
     Goal("2d", 2, "RSS growth over ten scrapes at 10,000 targets", "<= 4 MiB",
-         "VmRSS once the daemon has served ten scrapes (2b) minus VmRSS after the warm-up, "
+         "VmRSS once the daemon has served ten scrapes (2b) minus VmRSS after the warm-up "
+         "(a probe interval after every target connected: each has been answered once), "
          "before any scrape", 4.0, _w2_growth),
     Goal("2e", 2, "series per target, default config", "<= 25",
          "sample lines (not `#`) of a text scrape with a `target` label over the number of "

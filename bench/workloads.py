@@ -287,7 +287,11 @@ async def workload2(run: Run) -> None:
     async with nodeserver.NodeServer(handshake_delay_ms=s.handshake_delay_ms) as node:
         argv = client_argv("wsmon", node.url, s.w2_targets, s.w2_interval,
                            "--send-alignment", s.w2_send_alignment)  # fmt: skip
-        plan = Plan("wsmon", s.w2_targets, s.warmup, window, "hooked", rss_before_scrape=True)
+        # A probe interval more of warm-up: every target has sent and been answered once, so
+        # that the memory read before the first scrape is the steady state's (a target's
+        # first reply turns its shared zeros into values of its own) and 2d sees the scrapes.
+        warmup = s.warmup + s.w2_interval
+        plan = Plan("wsmon", s.w2_targets, warmup, window, "hooked", rss_before_scrape=True)
         res, child = await measure_client(run.launcher, "w2-wsmon", argv, node, plan, keep=True)
         assert child is not None
         try:

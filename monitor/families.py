@@ -73,7 +73,7 @@ class Family:
 
     A series' exposition line is `head + key + value`: `head` (the name and every label but
     `target`, which sorts last) is shared by all targets, `key` (`target="..."} `) by all
-    families of one target. So a series holds no text of its own until a scrape renders it.
+    families of one target. So a series holds no text of its own: a scrape makes its line.
     """
 
     def __init__(
@@ -209,7 +209,10 @@ class Family:
         series = self._series(values)
         assert isinstance(series, HistogramSeries), self.name
         if buckets is not None and series.layout.bounds[:-1] != buckets:
-            series.layout = self.shared(("layout", buckets), Layout(self.name, buckets))
+            layout = self._shared.get(("layout", buckets))
+            if layout is None:
+                layout = self._shared[("layout", buckets)] = Layout(self.name, buckets)
+            series.layout = layout
             series.counts = array("Q", bytes(8 * len(series.layout.bounds)))
             series.sum = 0.0
             if series.native is not None:
@@ -318,7 +321,18 @@ class Layout:
 NATIVE_SCHEMA = 3
 NATIVE_MAX_BUCKETS = 160
 NATIVE_ZERO_THRESHOLD = 2.0**-128  # values this small (or 0) go to the zero bucket
-_NATIVE_BOUNDS = {s: [2.0 ** (j / 2**s - 1) for j in range(2**s)] for s in range(NATIVE_SCHEMA + 1)}
+
+
+# The mantissas at which each schema's buckets end within one doubling: Prometheus's own
+# table (client_golang's nativeHistogramBounds; the server computes bucket bounds from the
+# same), so that a value on a bound lands in the bucket Prometheus says it does.
+_NATIVE_BOUNDS = {
+    0: [0.5],
+    1: [0.5, 0.7071067811865475],
+    2: [0.5, 0.5946035575013605, 0.7071067811865475, 0.8408964152537144],
+    3: [0.5, 0.5452538663326288, 0.5946035575013605, 0.6484197773255048,
+        0.7071067811865475, 0.7711054127039704, 0.8408964152537144, 0.9170040432046711],
+}  # fmt: skip
 
 
 def native_index(value: float, schema: int) -> int:

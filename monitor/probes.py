@@ -154,7 +154,7 @@ class ProbeRun:
         self.timer = clock.call_at(due, self)
         try:
             self.session.m.send_lag.observe(max(0.0, now - scheduled))
-            if self.sending is None:
+            if self.sending is None or self.sending.done():  # (its callback may not have run)
                 self._send(now + self.probe.timeout)
             else:
                 self._blocked()
@@ -187,6 +187,9 @@ class ProbeRun:
         except SEND_ERRORS as exc:
             self._failed(pending, exc)
             return
+        except BaseException:  # not sent: no deadline may count it (the session fails)
+            self._abandon(pending)
+            raise
         # Sent: the write began. One that waits for room counts too; its deadline runs.
         self.pm.sent.inc()
         if rest is not None:
@@ -197,7 +200,8 @@ class ProbeRun:
         """The rest of a write that waited for room in the socket buffer is done. If it
         failed, the connection is going: the request is abandoned like any other in flight
         when a connection ends (its deadline may already have counted it as a timeout)."""
-        self.sending = None
+        if self.sending is task:  # (a send made after it finished, before this ran, stays)
+            self.sending = None
         if task.cancelled():
             self._abandon(pending)
             return

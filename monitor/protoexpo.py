@@ -22,16 +22,15 @@ from .registry import Registry
 CONTENT_TYPE = (
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 )
-
-CONTENT_TYPE = (
-    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
-)
 _TYPES = {"counter": MetricType.COUNTER, "gauge": MetricType.GAUGE,
           "histogram": MetricType.HISTOGRAM}  # fmt: skip
 # prometheus_client's family types (the standard collectors) as the protobuf knows them
 _CLIENT_TYPES = {"counter": MetricType.COUNTER, "gauge": MetricType.GAUGE,
                  "info": MetricType.GAUGE}  # fmt: skip
-CHUNK = 256  # series added to a message between two pauses
+_CLIENT_SUFFIXES = {"counter": "_total", "info": "_info"}  # what their samples are named
+# Series built, serialized and handed on between two pauses: about a millisecond's work.
+CHUNK = 256
+HISTOGRAM_CHUNK = 32
 
 
 def delimited(message: Any) -> bytes:
@@ -39,6 +38,17 @@ def delimited(message: Any) -> bytes:
     out = io.BytesIO()
     proto.serialize_length_prefixed(message, out)
     return out.getvalue()
+
+
+def varint(n: int) -> bytes:
+    """The length in front of a delimited message (a protobuf base-128 varint), for a
+    message serialized in parts (see `Encoder.pieces`)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 class Encoder:
@@ -51,28 +61,42 @@ class Encoder:
         self.classic = classic
 
     def pieces(self) -> Iterator[bytes]:
-        """One delimited message per family; b"" between chunks of series, where the caller
-        yields to the event loop (a family of 10,000 targets is built over many turns)."""
+        """One delimited message per family, made a chunk of series at a time; b"" between
+        chunks, where the caller yields to the event loop.
+
+        Each chunk is a MetricFamily holding only those series, serialized by the library:
+        protobuf merges concatenated messages (repeated fields append), so the family's
+        header and its chunks, one after another, are one message, and only its length is
+        written here. A family of 10,000 targets is built over many turns of the loop."""
+        # The targets as they are now: a reload meanwhile may forget one whose series this
+        # scrape still writes.
+        target_of = dict(self.registry.target_of)
         for family in self.registry.families:
-            message = MetricFamily(
+            header = MetricFamily(
                 name=family.sample_name, help=family.documentation, type=_TYPES[family.kind]
-            )
-            labels = _Labels(family, self.registry.target_of)
+            ).SerializeToString()
+            labels = _Labels(family, target_of)
+            step = CHUNK
             if family.kind == "histogram":
-                add = functools.partial(self._histograms, message, labels)
+                add = functools.partial(self._histograms, labels)
+                step = HISTOGRAM_CHUNK
             elif family.grouped:
-                add = functools.partial(_groups, message, labels)
+                add = functools.partial(_groups, labels)
             else:
-                add = functools.partial(_values, message, labels, family.kind == "counter")
+                add = functools.partial(_values, labels, family.kind == "counter")
             members: list[Any] = list(family.members.values())  # may change meanwhile
-            for start in range(0, len(members), CHUNK):
-                add(members[start : start + CHUNK])
+            parts = [header]
+            for start in range(0, len(members), step):
+                chunk = MetricFamily()
+                add(chunk, members[start : start + step])
+                parts.append(chunk.SerializeToString())
                 yield b""
-            yield delimited(message)
+            yield varint(sum(map(len, parts)))
+            yield from parts
         for metric in self.registry.collectors.collect():
             yield delimited(_client_family(metric))
 
-    def _histograms(self, message: Any, labels: _Labels, members: list[Any]) -> None:
+    def _histograms(self, labels: _Labels, message: Any, members: list[Any]) -> None:
         for found in members:
             for series in found if isinstance(found, list) else (found,):
                 m = message.metric.add(label=labels(series.head, series.key))
@@ -99,7 +123,7 @@ class Encoder:
             h.positive_delta.extend(deltas)
 
 
-def _values(message: Any, labels: _Labels, counter: bool, members: list[Any]) -> None:
+def _values(labels: _Labels, counter: bool, message: Any, members: list[Any]) -> None:
     add = message.metric.add
     for found in members:
         for series in found if isinstance(found, list) else (found,):
@@ -107,7 +131,7 @@ def _values(message: Any, labels: _Labels, counter: bool, members: list[Any]) ->
             (m.counter if counter else m.gauge).value = series.value
 
 
-def _groups(message: Any, labels: _Labels, members: list[Group]) -> None:
+def _groups(labels: _Labels, message: Any, members: list[Group]) -> None:
     add = message.metric.add
     for group in members:
         for head, value in zip(group.heads, group.values, strict=True):
@@ -136,7 +160,7 @@ class _Labels:
 def _client_family(metric: Any) -> Any:
     """A prometheus_client family (process_*, python_*) as a MetricFamily."""
     kind = _CLIENT_TYPES.get(metric.type, MetricType.UNTYPED)
-    name = metric.name + "_total" if metric.type == "counter" else metric.name
+    name = metric.name + _CLIENT_SUFFIXES.get(metric.type, "")
     message = MetricFamily(name=name, help=metric.documentation, type=kind)
     for sample in metric.samples:
         if sample.name.endswith("_created"):

@@ -1,4 +1,4 @@
-"""A compact metric store with a fast, cached Prometheus text renderer.
+"""A compact metric store with a fast Prometheus text renderer.
 
 prometheus_client builds a sample object per series on every scrape. Here a series holds its
 value and references to label text shared with other series (per target, per family), and a

@@ -9,12 +9,26 @@ once a reply carries one) come on top; `ceiling` counts them too, for the known 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from .config import Config
+from .config import Config, MetricsConfig
+from .httpguard import DROP_REASONS
 from .metrics import Metrics
 from .registry import Registry
+
+
+def _built(config: Config, options: MetricsConfig | None = None) -> tuple[Registry, Metrics]:
+    """The daemon's families for `config`, with the series it makes when it starts serving
+    (the HTTP side's, the web config's)."""
+    registry = Registry()
+    metrics = Metrics(registry, options=options or config.metrics)
+    metrics.http_connections.labels()
+    for reason in DROP_REASONS:
+        metrics.http_dropped.labels(reason)
+    if config.web_config_file:
+        metrics.web_reload_ok.set(1)
+    metrics.targets.set(len(config.targets))
+    return registry, metrics
 
 
 @dataclass(frozen=True)
@@ -42,11 +56,9 @@ class SeriesCount:
 def count(config: Config, native: bool = False) -> SeriesCount:
     """The series `config` exports at start; with `native`, as a scraper that takes native
     histograms stores them (only where `metrics.histograms` makes them)."""
-    registry = Registry()
-    metrics = Metrics(registry, options=config.metrics)
+    registry, metrics = _built(config)
     for target in config.targets:
         metrics.for_target(target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes))
-    metrics.targets.set(len(config.targets))
     daemon, per_target = registry.series_count(native)
     return SeriesCount({t.name: per_target.get(t.name, 0) for t in config.targets}, daemon)
 
@@ -55,12 +67,8 @@ def ceiling(config: Config) -> int:
     """Series in all once every known reason has occurred and the common close codes were
     seen, and every target has a server time offset and has been throttled, in the classic
     exposition (a server's own close codes, 4xxx, add one each on top)."""
-    every = dataclasses.replace(
-        config, metrics=config.metrics.model_copy(update={"precreate": "all"})
-    )
-    registry = Registry()
-    metrics = Metrics(registry, options=every.metrics)
-    for target in every.targets:
+    registry, metrics = _built(config, config.metrics.model_copy(update={"precreate": "all"}))
+    for target in config.targets:
         tm = metrics.for_target(
             target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes)
         )

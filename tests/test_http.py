@@ -11,6 +11,7 @@ from conftest import StartDaemon, target
 from prometheus_client.parser import text_string_to_metric_families
 from wsserver import WSTestServer
 
+from monitor import series
 from monitor.metrics import Metrics
 from monitor.registry import Registry
 
@@ -78,9 +79,15 @@ async def test_endpoints(precreate: str, server: WSTestServer, start_daemon: Sta
     for code, origin in (("1006", "network"), ("1011", "local")):
         key = ("wsmon_disconnects_total", (("code", code), ("origin", origin), ("target", "t")))
         assert key in samples
-    per_target = [x for x in text.splitlines() if 'target="t"' in x and "time_offset" not in x]
+    samples_text = [x for x in text.splitlines() if x and not x.startswith("#")]
+    per_target = [x for x in samples_text if 'target="t"' in x and "time_offset" not in x]
     if not every:
         assert len(per_target) == 25, per_target  # the budget of the default config
+    # what check-config says this config exports is what the daemon exports
+    counted = series.count(h.daemon.config)
+    assert counted.per_target == {"t": len(per_target)}
+    later = [x for x in samples_text if "time_offset" in x]  # made by a reply, not at start
+    assert counted.daemon == len(samples_text) - len(per_target) - len(later)
     assert not any(s[0].endswith("_created") for s in samples)
     assert h.value("wsmon_targets") == 1
     assert h.value("wsmon_config_last_reload_successful") == 1

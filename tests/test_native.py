@@ -38,6 +38,9 @@ def test_powers_of_two_are_upper_bounds() -> None:
             assert native_index(2.0**k, schema) == k * 2**schema
     assert native_index(4.0, -1) == 1  # (1, 4]
     assert native_index(4.000001, -1) == 2
+    # On Prometheus's own bound for sqrt(2) (a float just below it), and the next float up
+    assert native_index(2 * 0.7071067811865475, 3) == 4
+    assert native_index(2 * 0.7071067811865476, 3) == 5
 
 
 def decode(native: Native) -> dict[int, int]:
@@ -148,3 +151,23 @@ def test_accept_header_negotiation() -> None:
         "encoding=delimited;q=0.2,text/plain;q=0.9"
     )
     assert not exposition.wants_protobuf("application/vnd.google.protobuf;q=oops")
+
+
+def test_protobuf_families_built_in_chunks_survive_a_reload_meanwhile() -> None:
+    """A family of hundreds of targets is built over many chunks and arrives as one message
+    with every series; a target a reload removes between two chunks does not break the
+    scrape (its series still written come from the snapshot taken at the start)."""
+    registry = Registry()
+    m = Metrics(registry, standard=False, options=MetricsConfig(histograms="native"))
+    for i in range(300):
+        m.for_target(f"t{i}", [("ping", "message")])
+    pieces = protoexpo.Encoder(registry, native=True, classic=False).pieces()
+    head = [next(pieces)]  # the first chunk of wsmon_up: t299 is in its second
+    m.remove_target("t299")
+    got = families(b"".join([*head, *pieces]))
+    assert len(got["wsmon_up"].metric) == 300
+    rtt = got["wsmon_probe_rtt_seconds"].metric
+    assert len(rtt) == 299  # its chunks were built after the removal
+    assert {p.value for m in rtt for p in m.label if p.name == "target"} == {
+        f"t{i}" for i in range(299)
+    }
