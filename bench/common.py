@@ -8,6 +8,7 @@ outside instead (``bench.harness.ProcStat``).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -116,6 +117,18 @@ def summary(values: Sequence[float], scale: float = 1.0) -> dict[str, float | in
         "p99": percentile(ordered, 99) * scale,
         "max": ordered[-1] * scale,
     }
+
+
+async def end_process(proc: asyncio.subprocess.Process | None, within: float) -> None:
+    """SIGTERM a child, and SIGKILL it if it has not exited within `within` seconds."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 def emit(obj: dict[str, Any]) -> None:

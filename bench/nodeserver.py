@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .common import raise_nofile
+from .common import end_process, raise_nofile
 
 __all__ = ["NODE_DIR", "NodeServer", "NodeSetupError", "setup", "versions"]
 
@@ -161,15 +161,7 @@ class NodeServer:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 5.0)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_process(self.proc, 5.0)
 
     async def __aenter__(self) -> NodeServer:
         await self.start()

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from .common import end_process
 from .harness import BenchError, Exposition
 
 __all__ = ["JOB", "PromServer", "binary", "free_port", "version"]
@@ -170,15 +171,7 @@ class PromServer:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), within)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_process(self.proc, within)
 
     async def __aenter__(self) -> PromServer:
         await self.start()
