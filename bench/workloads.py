@@ -285,8 +285,9 @@ async def workload2(run: Run) -> None:
     say(f"workload 2/5{'/3' if 3 in run.only else ''}: {s.w2_targets} targets, "
         f"{s.w2_interval:g}s interval, {window:g}s window")  # fmt: skip
     async with nodeserver.NodeServer(handshake_delay_ms=s.handshake_delay_ms) as node:
+        # On uvloop, as a deploy from the lock runs it (`--event-loop auto`).
         argv = client_argv("wsmon", node.url, s.w2_targets, s.w2_interval,
-                           "--send-alignment", s.w2_send_alignment)  # fmt: skip
+                           "--send-alignment", s.w2_send_alignment, "--loop", "uvloop")  # fmt: skip
         # A probe interval more of warm-up: every target has sent and been answered once, so
         # that the memory read before the first scrape is the steady state's (a target's
         # first reply turns its shared zeros into values of its own) and 2d sees the scrapes.
@@ -322,7 +323,7 @@ async def workload2(run: Run) -> None:
         finally:
             await child.finish()
         if full:
-            argv = client_argv("wsmon", node.url, 0, s.w2_interval)
+            argv = client_argv("wsmon", node.url, 0, s.w2_interval, "--loop", "uvloop")
             plan = Plan("wsmon", 0, s.empty_window, s.empty_window, "hooked",
                         rss_before_scrape=True)  # fmt: skip
             empty, _ = await measure_client(run.launcher, "w2-wsmon-empty", argv, node, plan)
