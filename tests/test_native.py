@@ -171,3 +171,12 @@ def test_protobuf_families_built_in_chunks_survive_a_reload_meanwhile() -> None:
     assert {p.value for m in rtt for p in m.label if p.name == "target"} == {
         f"t{i}" for i in range(299)
     }
+
+
+def test_length_prefix_is_the_librarys() -> None:
+    """The length written in front of a family serialized in parts is the varint the
+    library writes for the whole message, across the one-, two- and three-byte sizes."""
+    for size in (0, 1, 120, 127, 128, 300, 16_380, 16_384, 20_000, 2_100_000):
+        message = MetricFamily(help="h" * size)
+        data = message.SerializeToString()
+        assert protoexpo.delimited(message) == protoexpo.varint(len(data)) + data
