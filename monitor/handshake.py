@@ -171,6 +171,8 @@ async def _open(
                 ws = await http.ws_connect(
                     target.url,
                     headers=target.headers,
+                    protocols=tuple(target.subprotocols),
+                    origin=target.origin,
                     # Pings and pongs pass through the receive loop: pongs are timed by
                     # ws-ping probes, and the server's pings are answered there.
                     autoping=False,

@@ -194,7 +194,11 @@ class TargetRunner:
         m.connected.set(1)
         m.established.set(time.time())
         self.log.info(
-            "connect.ok", target=t.name, url=safe_url(t), duration_ms=round(duration * 1e3, 3)
+            "connect.ok",
+            target=t.name,
+            url=safe_url(t),
+            duration_ms=round(duration * 1e3, 3),
+            **({"subprotocol": ws.protocol} if t.subprotocols else {}),
         )
         try:
             self._session = Session(t, ws, m, self.log, self.runtime, self.rng)

@@ -573,3 +573,42 @@ async def test_a_close_right_after_a_read_sends_our_code(
     monkeypatch.setattr(aiohooks.ReadStamp, "__call__", read_then_close)
     await server.wait_for(lambda: len(server.close_frames) >= 1, timeout=5)
     assert server.close_frames[0] == 1001
+
+
+class TestHandshakeOptions:
+    async def test_subprotocols_offered_in_order_and_the_choice_logged(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """`subprotocols` go out in the upgrade in the configured order; the server's choice
+        is what the connection runs and what `connect.ok` says."""
+        server.subprotocols = ("v2.json",)  # speaks only the second the daemon offers
+        h = await start_daemon(target("t", server.url, subprotocols=["v1.json", "v2.json"]))
+        await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
+        offered = server.upgrade_headers[0]["Sec-WebSocket-Protocol"]
+        assert [p.strip() for p in offered.split(",")] == ["v1.json", "v2.json"]
+        assert server.negotiated == ["v2.json"]
+        (ok,) = h.events("connect.ok")
+        assert ok["subprotocol"] == "v2.json"
+
+    async def test_a_server_that_picks_none_is_connected_and_says_so(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A server that accepts none of the offered subprotocols still upgrades; the log
+        says no subprotocol was agreed (null), and probes run as usual."""
+        h = await start_daemon(target("t", server.url, subprotocols=["v9"]))
+        await h.wait_for(lambda: h.value("wsmon_connected", target="t") == 1)
+        assert server.negotiated == [None]
+        assert h.events("connect.ok")[0]["subprotocol"] is None
+
+    async def test_origin_header_is_sent(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """`origin` is the upgrade's Origin header; without it none is sent."""
+        h = await start_daemon(
+            target("o", server.url, origin="https://app.example.com"),
+            target("n", server.url),
+        )
+        await h.wait_for(lambda: server.connections == 2)
+        origins = sorted(str(x.get("Origin")) for x in server.upgrade_headers)
+        assert origins == ["None", "https://app.example.com"]
+        assert "subprotocol" not in h.events("connect.ok")[0]

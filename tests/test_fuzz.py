@@ -567,6 +567,8 @@ MODELS = (
     config.ReconnectConfig,
     config.TCPConfig,
     config.LogConfig,
+    config.MetricsConfig,
+    config.HTTPConfig,
 )
 KNOWN_KEYS = sorted({"targets", *(name for m in MODELS for name in m.model_fields)})
 # `file:` and `credential:` read files; they get their own strategy with safe paths.

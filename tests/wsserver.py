@@ -98,6 +98,7 @@ class WSTestServer:
         self.silent: bool = False
         self.answer_pings: bool = True
         self.responder: Responder | None = None
+        self.subprotocols: tuple[str, ...] = ()  # the ones it accepts, its favourite first
         # truth
         self.http_requests: int = 0
         self.connections: int = 0
@@ -116,6 +117,8 @@ class WSTestServer:
         self.streamed: int = 0
         self.big_sent: int = 0
         self.reply_holds: list[float] = []  # seconds each reply was held: receipt to send
+        self.upgrade_headers: list[dict[str, str]] = []  # of every upgrade request
+        self.negotiated: list[str | None] = []  # the subprotocol each handshake agreed on
         # internals
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -330,9 +333,10 @@ class WSTestServer:
         self.http_requests += 1
         if self.handshake_status is not None:
             return web.Response(status=self.handshake_status)
+        self.upgrade_headers.append(dict(request.headers))
         ws = web.WebSocketResponse(
             autoping=False, autoclose=True, timeout=_CLOSE_REPLY_TIMEOUT,
-            max_msg_size=_MAX_MSG_SIZE,
+            max_msg_size=_MAX_MSG_SIZE, protocols=self.subprotocols,
         )  # fmt: skip
         self.handshakes_in_progress += 1
         self.max_concurrent_handshakes = max(
@@ -342,6 +346,7 @@ class WSTestServer:
             if self.handshake_delay > 0:
                 await asyncio.sleep(self.handshake_delay)
             await ws.prepare(request)
+            self.negotiated.append(ws.ws_protocol)
         except web.HTTPException:
             raise  # not a valid upgrade request: let aiohttp answer it
         except Exception:

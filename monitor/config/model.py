@@ -86,6 +86,33 @@ def _check_name(v: str) -> str:
 
 Name = Annotated[str, AfterValidator(_check_name)]
 
+# RFC 7230 token characters: what a WebSocket subprotocol name may hold (RFC 6455, 4.1).
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _check_token(v: str) -> str:
+    if not _TOKEN_RE.match(v):
+        raise ValueError(f"invalid subprotocol {v!r}: letters, digits and !#$%&'*+-.^_`|~ only")
+    return v
+
+
+def _check_origin(v: str) -> str:
+    """An Origin header value: scheme://host[:port], as a browser sends it."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid origin {v!r}: expected http(s)://host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"invalid origin {v!r}: an origin has no path, query or user")
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError:
+        raise ValueError(f"invalid origin {v!r}: port must be a number from 1 to 65535") from None
+    return v.rstrip("/")
+
+
+Subprotocol = Annotated[str, AfterValidator(_check_token)]
+Origin = Annotated[str, AfterValidator(_check_origin)]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -273,6 +300,10 @@ class TargetSettings(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     # A YAML file of more headers (name: value), e.g. kept root-only; `headers` win.
     headers_file: str | None = None
+    # Subprotocols offered in the upgrade (Sec-WebSocket-Protocol), most wanted first.
+    subprotocols: list[Subprotocol] = Field(default_factory=list)
+    # The upgrade's Origin header (APIs meant for browsers often check it).
+    origin: Origin | None = None
     auth: AuthConfig | None = None
     # Consecutive probe timeouts after which the connection is declared dead and closed.
     dead_after_timeouts: int = Field(default=2, ge=1)
@@ -321,6 +352,12 @@ class TargetConfig(TargetSettings):
         except ValueError:
             raise ValueError("URL port must be a number from 1 to 65535") from None
         return v
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> TargetConfig:
+        if self.origin is not None and any(k.lower() == "origin" for k in self.headers):
+            raise ValueError("set the Origin either as `origin` or in `headers`, not both")
+        return self
 
     @model_validator(mode="after")
     def _tls_needs_wss(self) -> TargetConfig:
