@@ -16,7 +16,9 @@ from .registry import Registry
 CONNECT_FAILURE_REASONS = (
     "dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "other",
 )  # fmt: skip
-PROBE_ERROR_REASONS = ("api_error", "unexpected_reply", "invalid_json", "send_failed")
+PROBE_ERROR_REASONS = (
+    "api_error", "rate_limited", "unexpected_reply", "invalid_json", "send_failed",
+)  # fmt: skip
 UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id")
 # Disconnect series created up front with `precreate: all`: the common codes.
 COMMON_DISCONNECTS = (

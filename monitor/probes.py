@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
 # What the monitor closes with when it gives up on a connection whose probes go unanswered.
 UNANSWERED_CLOSE_CODE = 1011
+# A probe answered "rate limited" sends at most this many times less often (see `_slow_down`).
+MAX_SLOWDOWN = 32
 
 
 def build_message(probe: ProbeConfig, correlation_field: str | None, req_id: int) -> str:
@@ -105,8 +107,8 @@ class ProbeRun:
     """
 
     __slots__ = (
-        "build", "clock", "due", "liveness", "pm", "probe", "sending", "session", "timer",
-        "waiters",
+        "build", "clock", "due", "liveness", "pm", "probe", "sending", "session", "slowdown",
+        "timer", "waiters",
     )  # fmt: skip
 
     def __init__(
@@ -127,6 +129,8 @@ class ProbeRun:
             self.build = None
             self.waiters = session.pongs
         self.sending: asyncio.Task[None] | None = None  # a send waiting for the socket buffer
+        # Intervals between sends: 1, or more while the server answers "rate limited"
+        self.slowdown = 1
         self.due = first_due
         self.timer = self.clock.call_at(first_due, self)
 
@@ -146,7 +150,7 @@ class ProbeRun:
         clock = self.clock
         now = clock.time()
         scheduled = self.due
-        interval = self.probe.interval
+        interval = self.probe.interval * self.slowdown
         due = scheduled + interval
         if due < now:  # whole intervals later, on the same phase, at least one from now
             due += math.ceil((now - due) / interval + 1.0) * interval
@@ -239,6 +243,7 @@ class ProbeRun:
         if outcome != "ok":
             self.pm.errors[outcome].inc()
             self.liveness.wrong_reply()
+            extra = {"next_send_s": self._slow_down()} if outcome == "rate_limited" else {}
             self.session.log.warning(
                 "probe.error",
                 target=self.session.target.name,
@@ -246,13 +251,36 @@ class ProbeRun:
                 reason=outcome,
                 error=detail,
                 rtt_ms=round(rtt * 1000, 3),
+                **extra,
             )
             return
+        if self.slowdown > 1:
+            self._speed_up()
         assert reply.message is not None
         offset = server_time_offset(reply.message, pending.sent_wall, rtt)
         if offset is not None:
             self.session.m.set_time_offset(offset)
         self._answered(rtt)
+
+    def _slow_down(self) -> float:
+        """The server says too many requests: double the time between this probe's sends
+        (up to MAX_SLOWDOWN intervals) until it answers well again, starting with the send
+        already scheduled. Returns the seconds to the next send."""
+        slower = min(self.slowdown * 2, MAX_SLOWDOWN)
+        if slower != self.slowdown:
+            self.due += self.probe.interval * (slower - self.slowdown)
+            self.slowdown = slower
+            self.clock.cancel(self.timer)
+            self.timer = self.clock.call_at(self.due, self)
+        return round(self.due - self.clock.time(), 3)
+
+    def _speed_up(self) -> None:
+        """A good reply after rate-limited ones: the next send one interval after this one,
+        and the interval back to normal."""
+        self.due = max(self.due - self.probe.interval * (self.slowdown - 1), self.clock.time())
+        self.slowdown = 1
+        self.clock.cancel(self.timer)
+        self.timer = self.clock.call_at(self.due, self)
 
     def _pong(self, pending: Pending, reply: Reply) -> None:
         if pending.timer is not None:

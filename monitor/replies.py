@@ -9,7 +9,9 @@ from typing import Any, Literal
 
 from .config import ProbeConfig
 
-Outcome = Literal["ok", "api_error", "unexpected_reply", "invalid_json"]
+Outcome = Literal["ok", "api_error", "rate_limited", "unexpected_reply", "invalid_json"]
+# Error codes that say "too many requests" rather than "wrong": the probe slows down.
+RATE_LIMIT_CODES = frozenset({"RateLimit"})
 
 
 def parse(text: str) -> dict[str, Any] | None:
@@ -58,7 +60,10 @@ def judge(probe: ProbeConfig, message: dict[str, Any] | None) -> tuple[Outcome, 
         return "invalid_json", "reply is not a JSON object"
     error = message.get("error")
     if isinstance(error, dict):
-        return "api_error", str(error.get("code") or error.get("message") or "error")
+        code = error.get("code")
+        if isinstance(code, str) and code in RATE_LIMIT_CODES:
+            return "rate_limited", code
+        return "api_error", str(code or error.get("message") or "error")
     if probe.expect is not None and not subset(probe.expect, message):
         return "unexpected_reply", "reply does not match `expect`"
     return "ok", ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -249,11 +250,11 @@ class TestReplies:
     async def test_api_error_reply(self, server: WSTestServer, start_daemon: StartDaemon) -> None:
         """A Deriv error reply counts as `api_error`, logs its code, and leaves up at 0."""
 
-        def rate_limited(req: dict[str, Any]) -> list[str | bytes]:
-            err = {"code": "RateLimit", "message": "You have reached the rate limit"}
+        def refused(req: dict[str, Any]) -> list[str | bytes]:
+            err = {"code": "InvalidAppID", "message": "Your app_id is invalid."}
             return [json.dumps({"error": err, "msg_type": "ping", "req_id": req["req_id"]})]
 
-        server.responder = rate_limited
+        server.responder = refused
         h = await start_daemon(target("t", server.url))
         await h.wait_for(
             lambda: (
@@ -264,8 +265,38 @@ class TestReplies:
         assert h.value("wsmon_up", target="t") == 0
         assert h.value("wsmon_connected", target="t") == 1
         assert h.value("wsmon_probe_timeouts_total", target="t", probe="ping") == 0
-        assert h.events("probe.error")[0]["error"] == "RateLimit"
+        assert h.events("probe.error")[0]["error"] == "InvalidAppID"
         assert h.value("wsmon_disconnects_total", target="t", code="1011", origin="local") == 0
+
+    async def test_rate_limited_reply_slows_the_probe_down(
+        self, server: WSTestServer, start_daemon: StartDaemon
+    ) -> None:
+        """A `RateLimit` error reply counts as `rate_limited`, not `api_error`, and doubles
+        the time to the probe's next send each time (the server sees gaps of 2, 4, 8
+        intervals); a good reply brings the interval back."""
+        loop = asyncio.get_running_loop()
+        seen: list[float] = []
+
+        def limited_three_times(req: dict[str, Any]) -> list[str | bytes]:
+            seen.append(loop.time())
+            reply: dict[str, Any] = {"msg_type": "ping", "ping": "pong", "req_id": req["req_id"]}
+            if len(seen) <= 3:
+                reply["error"] = {"code": "RateLimit", "message": "You have reached the limit"}
+            return [json.dumps(reply)]
+
+        server.responder = limited_three_times
+        h = await start_daemon(target("t", server.url))
+        await server.wait_for(lambda: len(seen) >= 6, timeout=5)  # 3 limited, 3 good
+        gaps = [b - a for a, b in itertools.pairwise(seen)][:4]
+        interval = 0.1
+        for gap, intervals in zip(gaps, (2, 4, 8, 1), strict=True):
+            assert intervals * interval - 0.03 <= gap <= intervals * interval + 0.05, gaps
+        errors = {"target": "t", "probe": "ping"}
+        assert h.value("wsmon_probe_errors_total", **errors, reason="rate_limited") == 3
+        assert h.value("wsmon_probe_errors_total", **errors, reason="api_error") == 0
+        assert [e["next_send_s"] for e in h.events("probe.error")] == pytest.approx(
+            [0.2, 0.4, 0.8], abs=0.03
+        )
 
     async def test_unexpected_reply(self, server: WSTestServer, start_daemon: StartDaemon) -> None:
         """A reply that fails the `expect` subset match counts as `unexpected_reply`."""

@@ -73,7 +73,7 @@ async def test_endpoints(precreate: str, server: WSTestServer, start_daemon: Sta
     for reason in ("dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "other"):
         key = ("wsmon_connect_failures_total", (("reason", reason), ("target", "t")))
         assert (key in samples) == (every or reason == "resource"), key
-    for reason in ("api_error", "unexpected_reply", "invalid_json", "send_failed"):
+    for reason in ("api_error", "rate_limited", "unexpected_reply", "invalid_json", "send_failed"):
         key = ("wsmon_probe_errors_total", (("probe", "ping"), ("reason", reason), ("target", "t")))
         assert (key in samples) == every
     for code, origin in (("1006", "network"), ("1011", "local")):
