@@ -15,7 +15,8 @@ from typing import Any
 
 from google.protobuf import proto
 
-from .families import NATIVE_ZERO_THRESHOLD, Family, Group, HistogramSeries
+from .families import Family, Group
+from .histograms import NATIVE_ZERO_THRESHOLD, HistogramSeries
 from .metrics_pb2 import Metric, MetricFamily, MetricType
 from .registry import Registry
 

@@ -18,16 +18,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
-from .families import (
-    Family,
-    Group,
-    HistogramSeries,
-    Item,
-    Series,
-    escape_value,
-    go_float,
-    member_text,
-)
+from .families import Family, Group, Item, Series, member_text
+from .histograms import HistogramSeries
+from .textformat import escape_value, go_float
 
 __all__ = ["Family", "Group", "HistogramSeries", "Item", "Registry", "Series", "go_float"]
 

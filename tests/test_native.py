@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from monitor import exposition, protoexpo
 from monitor.config import MetricsConfig
-from monitor.families import NATIVE_MAX_BUCKETS, Native, native_index
+from monitor.histograms import NATIVE_MAX_BUCKETS, Native, native_index
 from monitor.metrics import Metrics
 from monitor.metrics_pb2 import MetricFamily
 from monitor.registry import Registry

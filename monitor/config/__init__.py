@@ -1,31 +1,34 @@
 """Typed, validated configuration: load(path) -> Config, or ConfigError listing every problem.
 
-`model` holds the typed model, `sources` reads values (YAML, `${VAR}`, files), `loading`
-merges `defaults` into targets and reports problems by path.
+`model` holds the typed model, `values` the value types it is written in (durations, names,
+buckets, ...), `sources` reads values (YAML, `${VAR}`, files), `loading` merges `defaults`
+into targets and reports problems by path.
 """
 
 from .loading import ConfigError, load, loads
 from .model import (
     DEFAULT_LISTEN,
-    DEFAULT_RTT_BUCKETS,
-    MAX_SEND_ALIGNMENT,
     AuthConfig,
     Config,
-    Duration,
     HTTPConfig,
     LogConfig,
     MetricsConfig,
-    Name,
     ProbeConfig,
     ReconnectConfig,
     TargetConfig,
     TargetSettings,
     TCPConfig,
     TLSConfig,
+)
+from .sources import MAX_CONFIG_BYTES, SECRET_WORDS, looks_secret
+from .values import (
+    DEFAULT_RTT_BUCKETS,
+    MAX_SEND_ALIGNMENT,
+    Duration,
+    Name,
     parse_duration,
     parse_listen,
 )
-from .sources import MAX_CONFIG_BYTES, SECRET_WORDS, looks_secret
 
 __all__ = [
     "DEFAULT_LISTEN",

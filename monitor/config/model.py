@@ -1,22 +1,19 @@
 """The typed configuration model: what each key means, its default and its checks.
 
-Values arrive here already read (see `sources`); `loading` merges `defaults` into each target
-and turns validation errors into `path: reason` lines.
+Values arrive here already read (see `sources`) and are parsed by the types of `values`;
+`loading` merges `defaults` into each target and turns validation errors into `path: reason`
+lines.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,92 +23,19 @@ from pydantic import (
     model_validator,
 )
 
+from .values import (
+    DEFAULT_RTT_BUCKETS,
+    Buckets,
+    Duration,
+    Name,
+    Origin,
+    Subprotocol,
+    alignment,
+    parse_listen,
+    plain_json,
+)
+
 DEFAULT_LISTEN = "127.0.0.1:9815"
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
-
-
-def parse_duration(value: Any, allow_zero: bool = False) -> float:
-    """Turn `250ms`, `5s`, `2m`, `1h` or a bare number of seconds into seconds (greater
-    than zero, or with `allow_zero` zero or more)."""
-    if isinstance(value, bool):
-        raise ValueError("invalid duration: expected e.g. 250ms, 5s, 2m, 1h")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise ValueError(f"invalid duration: {value} is too large") from None
-    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"invalid duration {value!r}: expected e.g. 250ms, 5s, 2m, 1h")
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        least = "zero or more" if allow_zero else "greater than zero"
-        raise ValueError(f"invalid duration {value!r}: must be {least}")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-# The longest `send_alignment`: a coarser grid would bunch sends into a few instants.
-MAX_SEND_ALIGNMENT = 1.0
-# The shortest: uvloop keeps time in whole milliseconds.
-MIN_SEND_ALIGNMENT = 0.001
-
-
-def _alignment(value: Any) -> float:
-    """0 (off), or a duration from MIN_SEND_ALIGNMENT to MAX_SEND_ALIGNMENT."""
-    seconds = parse_duration(value, allow_zero=True)
-    if 0 < seconds < MIN_SEND_ALIGNMENT:
-        raise ValueError(
-            f"{value!r} is too short: at least {MIN_SEND_ALIGNMENT * 1000:g}ms (0 turns "
-            "alignment off); a finer grid than the event loop's clock aligns nothing"
-        )
-    if seconds > MAX_SEND_ALIGNMENT:
-        raise ValueError(
-            f"{value!r} is too long: at most {MAX_SEND_ALIGNMENT:g}s (0 turns alignment off); "
-            "a coarser grid would send most probes in a few bursts"
-        )
-    return seconds
-
-
-def _check_name(v: str) -> str:
-    """Target and probe names become label values: keep them plain."""
-    if not _NAME_RE.match(v):
-        raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
-    return v
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-
-# RFC 7230 token characters: what a WebSocket subprotocol name may hold (RFC 6455, 4.1).
-_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-def _check_token(v: str) -> str:
-    if not _TOKEN_RE.match(v):
-        raise ValueError(f"invalid subprotocol {v!r}: letters, digits and !#$%&'*+-.^_`|~ only")
-    return v
-
-
-def _check_origin(v: str) -> str:
-    """An Origin header value: scheme://host[:port], as a browser sends it."""
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid origin {v!r}: expected http(s)://host[:port]")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"invalid origin {v!r}: an origin has no path, query or user")
-    try:
-        parts.port  # noqa: B018 - raises for a port out of range
-    except ValueError:
-        raise ValueError(f"invalid origin {v!r}: port must be a number from 1 to 65535") from None
-    return v.rstrip("/")
-
-
-Subprotocol = Annotated[str, AfterValidator(_check_token)]
-Origin = Annotated[str, AfterValidator(_check_origin)]
 
 
 class _Strict(BaseModel):
@@ -126,35 +50,6 @@ class ReconnectConfig(_Strict):
     multiplier: float = Field(default=2.0, ge=1.0)
     # A connection must stay up this long before the backoff starts again from initial_delay.
     reset_after: Duration = 30.0
-
-
-# The RTT histogram's buckets when a probe names none: fine where WebSocket round trips sit
-# (milliseconds to a second), few enough that a target with one probe costs at most 25
-# series with the other defaults (docs/metrics.md counts them).
-DEFAULT_RTT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-MAX_BUCKETS = 40
-
-
-def _buckets(v: Any) -> tuple[float, ...]:
-    """Upper bounds of histogram buckets: 1 to MAX_BUCKETS finite numbers greater than 0, in
-    increasing order (+Inf is always added)."""
-    if not isinstance(v, list | tuple) or not v:
-        raise ValueError("expected a list of bucket bounds in seconds, e.g. [0.01, 0.1, 1]")
-    if len(v) > MAX_BUCKETS:
-        raise ValueError(f"{len(v)} buckets: at most {MAX_BUCKETS} (each is a series)")
-    bounds: list[float] = []
-    for i, b in enumerate(v):
-        if isinstance(b, bool) or not isinstance(b, int | float) or not math.isfinite(b):
-            raise ValueError(f"bucket {i} ({b!r}) is not a finite number (+Inf is implied)")
-        if b <= 0:
-            raise ValueError(f"bucket {i} ({b!r}) must be greater than 0")
-        if bounds and b <= bounds[-1]:
-            raise ValueError(f"bucket {i} ({b!r}) must be greater than the one before")
-        bounds.append(float(b))
-    return tuple(bounds)
-
-
-Buckets = Annotated[tuple[float, ...], BeforeValidator(_buckets)]
 
 
 class ProbeConfig(_Strict):
@@ -172,7 +67,7 @@ class ProbeConfig(_Strict):
     @field_validator("send", "expect", mode="after")
     @classmethod
     def _json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _plain_json(v)
+        return plain_json(v)
 
     @field_validator("send")
     @classmethod
@@ -252,16 +147,6 @@ class TCPConfig(_Strict):
     user_timeout: Duration = 60.0  # sent data unacknowledged this long fails the connection
 
 
-def _plain_json(v: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Reject what JSON cannot carry (dates, binary, sets, NaN, infinities)."""
-    if v is not None:
-        try:
-            json.dumps(v, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"not plain JSON: {exc}") from None
-    return v
-
-
 def _default_probes() -> list[ProbeConfig]:
     return [ProbeConfig(name="ping", send={"ping": 1}, expect={"msg_type": "ping"}, interval=30.0)]
 
@@ -279,13 +164,13 @@ class AuthConfig(_Strict):
     def _send(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not v:
             raise ValueError("the auth message must not be empty")
-        _plain_json(v)
+        plain_json(v)
         return v
 
     @field_validator("expect")
     @classmethod
     def _expect(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return _plain_json(v)
+        return plain_json(v)
 
 
 class TargetSettings(_Strict):
@@ -414,7 +299,7 @@ class RawConfig(_Strict):
     max_concurrent_handshakes: int = Field(default=50, ge=1)
     # Probe sends start on a grid of about this step (0: anywhere), so that one wake-up of
     # the daemon sends several; see `Clock.phase`.
-    send_alignment: Annotated[float, BeforeValidator(_alignment)] = 0.0
+    send_alignment: Annotated[float, BeforeValidator(alignment)] = 0.0
     tcp: TCPConfig = TCPConfig()
     # Prometheus exporter-toolkit web config: TLS and basic auth for the HTTP endpoints.
     web_config_file: str | None = None
@@ -451,12 +336,3 @@ class Config:
     send_alignment: float = 0.0
     http: HTTPConfig = field(default_factory=HTTPConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Split `HOST:PORT` (IPv6 as `[::1]:9815`)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"invalid listen address {value!r}: expected HOST:PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
