@@ -66,8 +66,8 @@ def _check(path: str) -> int:
             print(f"{path}: {problem}")
         return 1
     probes = sum(len(t.probes) for t in cfg.targets)
-    at_start = series.count(cfg)
-    native = series.count(cfg, native=True).total if cfg.metrics.histograms != "classic" else None
+    at_start, with_native = series.census(cfg)
+    native = with_native.total if cfg.metrics.histograms != "classic" else None
     print(
         f"{path}: OK: {len(cfg.targets)} targets, {probes} probes, listen {cfg.listen}; "
         f"series: {at_start.total} at start ({at_start.spread()}, {at_start.daemon} of the "

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from prometheus_client import GCCollector, PlatformCollector
 
 from . import __version__
-from .config import MetricsConfig
+from .config import MetricsConfig, TargetConfig
 from .families import Family, Group, Item, Series
 from .process import ProcessCollector
 from .registry import Registry
@@ -248,6 +248,12 @@ class Metrics:
         only fail to send, so it gets no series for reasons that apply to replies.
         """
         return TargetMetrics(self, name, tuple(probes))
+
+    def for_config(self, target: TargetConfig) -> TargetMetrics:
+        """`for_target` for a configured target and its probes."""
+        return self.for_target(
+            target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes)
+        )
 
     def _target_families(self) -> tuple[Family, ...]:
         return (

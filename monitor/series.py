@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config, MetricsConfig
-from .httpguard import DROP_REASONS
+from .httpguard import Guard
 from .metrics import Metrics
 from .registry import Registry
 
@@ -22,9 +22,7 @@ def _built(config: Config, options: MetricsConfig | None = None) -> tuple[Regist
     (the HTTP side's, the web config's)."""
     registry = Registry()
     metrics = Metrics(registry, options=options or config.metrics)
-    metrics.http_connections.labels()
-    for reason in DROP_REASONS:
-        metrics.http_dropped.labels(reason)
+    Guard(config.http, metrics.http_connections, metrics.http_dropped)  # its series
     if config.web_config_file:
         metrics.web_reload_ok.set(1)
     metrics.targets.set(len(config.targets))
@@ -56,11 +54,22 @@ class SeriesCount:
 def count(config: Config, native: bool = False) -> SeriesCount:
     """The series `config` exports at start; with `native`, as a scraper that takes native
     histograms stores them (only where `metrics.histograms` makes them)."""
+    classic, with_native = census(config)
+    return with_native if native else classic
+
+
+def census(config: Config) -> tuple[SeriesCount, SeriesCount]:
+    """The series at start in the classic exposition and with native histograms, counted on
+    one build of the families."""
     registry, metrics = _built(config)
     for target in config.targets:
-        metrics.for_target(target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes))
-    daemon, per_target = registry.series_count(native)
-    return SeriesCount({t.name: per_target.get(t.name, 0) for t in config.targets}, daemon)
+        metrics.for_config(target)
+
+    def counted(native: bool) -> SeriesCount:
+        daemon, per_target = registry.series_count(native)
+        return SeriesCount({t.name: per_target.get(t.name, 0) for t in config.targets}, daemon)
+
+    return counted(False), counted(True)
 
 
 def ceiling(config: Config) -> int:
@@ -69,9 +78,7 @@ def ceiling(config: Config) -> int:
     exposition (a server's own close codes, 4xxx, add one each on top)."""
     registry, metrics = _built(config, config.metrics.model_copy(update={"precreate": "all"}))
     for target in config.targets:
-        tm = metrics.for_target(
-            target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes)
-        )
+        tm = metrics.for_config(target)
         tm.set_time_offset(0.0)
         tm.throttled(0.0)
     daemon, per_target = registry.series_count()

@@ -61,9 +61,7 @@ class TargetRunner:
     ) -> None:
         self.target = target
         self.http = http
-        self.m = metrics.for_target(
-            target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes)
-        )
+        self.m = metrics.for_config(target)
         self.log = log
         self.limits = limits
         self.runtime = runtime

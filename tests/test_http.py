@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import itertools
 import socket
 
 import aiohttp
@@ -132,3 +134,48 @@ async def test_reload_keeps_unchanged_and_drops_removed(
     assert not h.exists("wsmon_connected", target="gone")
     assert h.value("wsmon_connected", target="keep") == 1
     assert h.value("wsmon_targets") == 1
+
+
+PROTOBUF = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+    "encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3"
+)
+
+
+async def test_protobuf_scrape_counts_what_the_server_answered(
+    server: WSTestServer, start_daemon: StartDaemon
+) -> None:
+    """Asked for protobuf, /metrics writes every family the text format has, as delimited
+    MetricFamily messages (gzip too). The RTT histogram counts the requests the server
+    answered (give or take the one in flight at the scrape), and its native buckets and
+    zero bucket hold every one of them."""
+    from google.protobuf import proto
+
+    from monitor.metrics_pb2 import MetricFamily
+
+    h = await start_daemon(target("t", server.url), metrics={"histograms": "both"})
+    await server.wait_for(lambda: server.request_count("ping") >= 5)
+    async with aiohttp.ClientSession() as http:
+        before = server.request_count("ping")
+        headers = {"Accept": PROTOBUF, "Accept-Encoding": "gzip"}
+        async with http.get(f"{h.base_url}/metrics", headers=headers) as r:
+            assert r.headers["Content-Type"].startswith("application/vnd.google.protobuf")
+            body = await r.read()
+        after = server.request_count("ping")
+        async with http.get(f"{h.base_url}/metrics") as r:
+            text = await r.text()
+    stream = io.BytesIO(body)
+    families = {}
+    while stream.tell() < len(body):
+        family = proto.parse_length_prefixed(MetricFamily, stream)
+        assert family is not None
+        families[family.name] = family
+    names = set()
+    for f in text_string_to_metric_families(text):
+        names.add(f"{f.name}_total" if f.type == "counter" else f.name)
+    assert set(families) == names
+    (rtt,) = families["wsmon_probe_rtt_seconds"].metric
+    hist = rtt.histogram
+    assert before - 1 <= hist.sample_count <= after
+    assert hist.zero_count + sum(itertools.accumulate(hist.positive_delta)) == hist.sample_count
+    assert hist.bucket[-1].cumulative_count <= hist.sample_count  # the classic ones too
