@@ -155,10 +155,6 @@ class HistogramSeries:
         self.sum = 0.0
         self.native = Native() if native else None
 
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
     def observe(self, amount: float) -> None:
         # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
         self.counts[bisect.bisect_left(self.layout.bounds, amount)] += 1
