@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Iterable
 
-from prometheus_client import GCCollector, PlatformCollector
+from prometheus_client import Gauge, GCCollector, PlatformCollector
 
 from . import __version__
 from .config import MetricsConfig, TargetConfig
 from .families import Family, Group, Item, Series
+from .histograms import HistogramSeries
 from .process import ProcessCollector
 from .registry import Registry
 
@@ -19,7 +21,7 @@ CONNECT_FAILURE_REASONS = (
 PROBE_ERROR_REASONS = (
     "api_error", "rate_limited", "unexpected_reply", "invalid_json", "send_failed",
 )  # fmt: skip
-UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id")
+UNMATCHED_REASONS = ("invalid_json", "binary", "missing_id", "unknown_id", "unsolicited")
 # Disconnect series created up front with `precreate: all`: the common codes.
 COMMON_DISCONNECTS = (
     ("1000", "peer"), ("1001", "peer"), ("1006", "network"), ("1011", "peer"), ("1011", "local"),
@@ -29,6 +31,10 @@ COMMON_DISCONNECTS = (
 ALERT_DISCONNECTS = (("1006", "network"), ("1011", "local"))
 ALERT_CONNECT_FAILURES = ("resource",)
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Time between a stream's messages: from a busy feed (many a second) to a quiet one.
+GAP_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# The windows of `rate_limits` (the Deriv API's names) and their seconds.
+RATE_WINDOWS = (("minutely", 60.0), ("hourly", 3600.0))
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 # `wsmon_build_info{receive_path}`: replies taken from aiohttp's parser by the guarded inbox
 # hook (monitor/aiohooks.py), or all of them returned by aiohttp's public receive().
@@ -142,6 +148,85 @@ class Metrics:
             "gauge",
             tp,
         )
+        self.stream_messages = Family(
+            r,
+            "wsmon_stream_messages",
+            "Messages of a subscription stream that matched its `expect`.",
+            "counter",
+            tp,
+        )
+        self.stream_last = Family(
+            r,
+            "wsmon_stream_last_message_timestamp_seconds",
+            "Unix time of the stream's latest message.",
+            "gauge",
+            tp,
+        )
+        self.stream_gap = Family(
+            r,
+            "wsmon_stream_gap_seconds",
+            "Time between consecutive messages of a stream.",
+            "histogram",
+            tp,
+            buckets=GAP_BUCKETS,
+            native=native,
+        )
+        self.stream_stale = Family(
+            r,
+            "wsmon_stream_stale",
+            "1 while the stream is stale (no message for max_gap, none since the subscribe "
+            "within subscribe_timeout, or the subscribe refused); 0 otherwise and while the "
+            "connection is down.",
+            "gauge",
+            tp,
+        )
+        self.stream_stalls = Family(
+            r,
+            "wsmon_stream_stalls",
+            "Times the stream went stale (wsmon_stream_stale went from 0 to 1).",
+            "counter",
+            tp,
+        )
+        self.stream_subscribes = Family(
+            r,
+            "wsmon_stream_subscribes",
+            "Subscribe requests sent: after each connect, on resubscribe and after a refusal.",
+            "counter",
+            tp,
+        )
+        self.stream_subscribe_time = Family(
+            r,
+            "wsmon_stream_subscribe_seconds",
+            "From the subscribe request to the stream's first message.",
+            "histogram",
+            tp,
+            buckets=o.rtt_buckets,
+            native=native,
+        )
+        self.stream_lag = Family(
+            r,
+            "wsmon_stream_lag_seconds",
+            "Arrival of a stream message minus the server timestamp in it (`lag_field`), "
+            "corrected by the server clock offset when known.",
+            "histogram",
+            tp,
+            buckets=o.rtt_buckets,
+            native=native,
+        )
+        # `window` sorts after `target`, which `Family` needs last: these few series (two
+        # per target with `rate_limits`) are prometheus_client gauges.
+        self.rate_limit = Gauge(
+            "wsmon_rate_limit_requests",
+            "Requests per window the server allows (`rate_limits`).",
+            ("target", "window"),
+            registry=r.collectors,
+        )
+        self.planned = Gauge(
+            "wsmon_planned_requests",
+            "Requests per window a connection of the target sends by its configured probes.",
+            ("target", "window"),
+            registry=r.collectors,
+        )
         self.time_offset = Family(
             r,
             "wsmon_server_time_offset_seconds",
@@ -250,10 +335,17 @@ class Metrics:
         return TargetMetrics(self, name, tuple(probes))
 
     def for_config(self, target: TargetConfig) -> TargetMetrics:
-        """`for_target` for a configured target and its probes."""
-        return self.for_target(
-            target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes)
-        )
+        """`for_target` for a configured target and its probes; with `rate_limits`, the
+        requests its probes plan per window."""
+        tm = self.for_target(target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes))
+        self._remove_rate_limits(target.name)  # a changed target may have dropped the key
+        if target.rate_limits is not None:
+            for window, seconds in RATE_WINDOWS:
+                self.planned.labels(target.name, window).set(planned_requests(target, seconds))
+                known = getattr(target.rate_limits, window)
+                if known is not None:
+                    self.rate_limit.labels(target.name, window).set(known)
+        return tm
 
     def _target_families(self) -> tuple[Family, ...]:
         return (
@@ -261,20 +353,34 @@ class Metrics:
             self.connect_duration, self.reconnects, self.disconnects, self.last_close_code,
             self.established, self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts,
             self.probe_errors, self.last_success, self.time_offset, self.messages_received,
-            self.unmatched, self.throttled,
+            self.unmatched, self.throttled, *self._stream_families(),
+        )  # fmt: skip
+
+    def _stream_families(self) -> tuple[Family, ...]:
+        return (
+            self.stream_messages, self.stream_last, self.stream_gap, self.stream_stale,
+            self.stream_stalls, self.stream_subscribes, self.stream_subscribe_time,
+            self.stream_lag,
         )  # fmt: skip
 
     def remove_target(self, name: str) -> None:
         """Drop every series labelled with this target (after a reload removed it)."""
         for family in self._target_families():
             family.remove(target=name)
+        self._remove_rate_limits(name)
         self.registry.forget(name)
+
+    def _remove_rate_limits(self, target: str) -> None:
+        for gauge in (self.rate_limit, self.planned):
+            for window, _ in RATE_WINDOWS:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(target, window)
 
     def remove_probe(self, target: str, probe: str) -> None:
         """Drop the series of a probe that a reload removed from a target."""
         for family in (
             self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts, self.probe_errors,
-            self.last_success,
+            self.last_success, *self._stream_families(),
         ):  # fmt: skip
             family.remove(target=target, probe=probe)
 
@@ -334,13 +440,64 @@ class ProbeMetrics:
         self.last_success = m.last_success.labels(target, probe)
 
 
+def planned_requests(target: TargetConfig, window: float) -> float:
+    """Requests a connection of `target` sends in `window` seconds by its configuration:
+    every message probe's sends, the auth, the rate-limit query and each stream's subscribe
+    (the last three once per connection). Protocol pings are frames, not requests."""
+    once = (target.auth is not None) + (target.rate_limits is not None)
+    planned = 0.0
+    for p in target.probes:
+        if p.kind == "message":
+            planned += window / p.interval
+        elif p.kind == "stream":
+            once += 1
+    return planned + once
+
+
+class StreamMetrics:
+    """Pre-bound series of one stream probe (its errors and subscribe timeouts are counted
+    with the other probes' in `wsmon_probe_errors_total` and `wsmon_probe_timeouts_total`)."""
+
+    __slots__ = (
+        "_lag", "_m", "errors", "gap", "labels", "last", "messages", "stale", "stalls",
+        "subscribe_time", "subscribes", "timeouts",
+    )  # fmt: skip
+
+    def __init__(
+        self, m: Metrics, target: str, probe: str, buckets: tuple[float, ...] | None
+    ) -> None:
+        self._m = m
+        self.labels = (target, probe)
+        self.messages = m.stream_messages.labels(target, probe)
+        self.last = m.stream_last.labels(target, probe)
+        self.gap = m.stream_gap.histogram(target, probe)
+        self.stale = m.stream_stale.labels(target, probe)
+        self.stalls = m.stream_stalls.labels(target, probe)
+        self.subscribes = m.stream_subscribes.labels(target, probe)
+        self.subscribe_time = m.stream_subscribe_time.histogram(
+            target, probe, buckets=buckets or m.options.rtt_buckets
+        )
+        self.timeouts = m.probe_timeouts.labels(target, probe)
+        reasons = PROBE_ERROR_REASONS if m.options.precreate == "all" else ()
+        self.errors = ByReason(m.probe_errors, (target, probe), reasons)
+        self._lag: HistogramSeries | None = None  # made on the first message with a timestamp
+
+    @property
+    def lag(self) -> HistogramSeries:
+        if self._lag is None:
+            buckets = self.subscribe_time.layout.bounds[:-1]
+            self._lag = self._m.stream_lag.histogram(*self.labels, buckets=buckets)
+        return self._lag
+
+
 class TargetMetrics:
     """Pre-bound series of one target, so the hot path does no label lookups."""
 
     __slots__ = (
         "_m", "_throttled", "_time_offset", "connect_attempts", "connect_duration",
         "connect_failures", "connected", "established", "last_close_code", "messages_received",
-        "probes", "reconnects", "send_lag", "target", "unmatched", "up",
+        "probes", "reconnects", "send_lag", "streams", "target", "time_offset_value",
+        "unmatched", "up",
     )  # fmt: skip
 
     def __init__(self, m: Metrics, target: str, probes: tuple[ProbeSpec, ...]) -> None:
@@ -376,7 +533,14 @@ class TargetMetrics:
         self.probes = {
             spec[0]: ProbeMetrics(m, target, spec[0], spec[1], spec[2] if len(spec) > 2 else None)
             for spec in probes
+            if spec[1] != "stream"
         }
+        self.streams = {
+            spec[0]: StreamMetrics(m, target, spec[0], spec[2] if len(spec) > 2 else None)
+            for spec in probes
+            if spec[1] == "stream"
+        }
+        self.time_offset_value: float | None = None
         self.send_lag = m.send_lag
 
     def throttled(self, seconds: float) -> None:
@@ -388,6 +552,10 @@ class TargetMetrics:
         if self._time_offset is None:
             self._time_offset = self._m.time_offset.labels(self.target)
         self._time_offset.set(seconds)
+        self.time_offset_value = seconds
+
+    def set_rate_limit(self, window: str, requests: float) -> None:
+        self._m.rate_limit.labels(self.target, window).set(requests)
 
     def disconnect(self, code: int, origin: str) -> None:
         self._m.disconnects.item(self.target, str(code), origin).inc()

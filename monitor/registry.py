@@ -93,7 +93,7 @@ class Registry:
 
     def series_count(self, native: bool = False) -> tuple[int, dict[str, int]]:
         """Series exposed now: (those without a target, by target); see `Family.series_count`.
-        The collectors' samples count among those without a target."""
+        The collectors' samples count by their `target` label too."""
         other = 0
         by_target: dict[str, int] = {}
         for family in self.families:
@@ -101,7 +101,13 @@ class Registry:
             other += n
             for target, k in per.items():
                 by_target[target] = by_target.get(target, 0) + k
-        other += sum(len(m.samples) for m in self.collectors.collect())
+        for metric in self.collectors.collect():
+            for sample in metric.samples:
+                owner = sample.labels.get("target")
+                if owner is None:
+                    other += 1
+                else:
+                    by_target[owner] = by_target.get(owner, 0) + 1
         return other, by_target
 
     # --- prometheus_client compatibility ---------------------------------------------------

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 from structlog.typing import FilteringBoundLogger
 
+from . import ratelimits
 from .aiohooks import Hooks, ReadStamp, direct_queue
 from .clock import Clock
 from .config import TargetConfig
@@ -22,6 +23,7 @@ from .correlation import Correlator, PongWaiters, Reply
 from .metrics import TargetMetrics
 from .probes import Liveness, ProbeRun
 from .replies import parse
+from .streams import StreamRun, subscription_of
 
 # Close codes that never travel in a close frame (RFC 6455, section 7.4.1).
 NO_STATUS = 1005
@@ -97,7 +99,8 @@ class Session:
 
     __slots__ = (
         "_closer", "_ended", "_failure", "_local", "allowance", "allowance_at", "correlator",
-        "log", "m", "pongs", "queue", "reads", "rng", "runtime", "target", "ws",
+        "log", "m", "pongs", "queue", "reads", "rng", "runtime", "stream_runs", "streams",
+        "subscriptions", "target", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -117,6 +120,11 @@ class Session:
         self.rng = rng or random.Random()
         self.correlator = Correlator(target.correlation_field)
         self.pongs = PongWaiters()
+        # Stream probes: by the id of their current subscribe, and by the subscription id
+        # their first message carried (`streams.StreamRun`).
+        self.stream_runs: list[StreamRun] = []
+        self.streams: dict[int, StreamRun] = {}
+        self.subscriptions: dict[str, StreamRun] = {}
         self._local: tuple[int, str] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._failure: str | None = None  # the first fault of our own (see `fail`)
@@ -136,12 +144,19 @@ class Session:
         """Serve the connection until it ends; return how it ended."""
         clock = self.runtime.clock
         runs: list[ProbeRun] = []
+        streams = self.stream_runs
         try:
+            if self.target.rate_limits is not None:
+                ratelimits.query(self)
             liveness = Liveness(self.m.up, self.target.dead_after_timeouts, self.close)
             for probe in self.target.probes:
+                if probe.kind == "stream":  # subscribed at once, after the auth
+                    streams.append(StreamRun(self, probe))
+                    streams[-1].subscribe()
+                    continue
                 first = clock.time() + self.rng.uniform(0.0, probe.interval)
                 runs.append(ProbeRun(self, probe, liveness, clock.phase(first, probe.interval)))
-            if not runs:
+            if not runs:  # connect-only, or streams only (judged by wsmon_stream_stale)
                 self.m.up.set(1)
             ended = await self._receive_loop()
         except Exception as exc:
@@ -152,9 +167,10 @@ class Session:
             self._ended = True
             for run in runs:
                 run.stop()
-            await asyncio.gather(
-                *(r.sending for r in runs if r.sending is not None), return_exceptions=True
-            )
+            for stream in streams:
+                stream.stop()
+            sending = [r.sending for r in runs] + [s.sending for s in streams]
+            await asyncio.gather(*(t for t in sending if t is not None), return_exceptions=True)
             for pending in (*self.correlator.drain(), *self.pongs.drain()):
                 pending.done = True
                 if pending.timer is not None:
@@ -186,6 +202,8 @@ class Session:
         if self._local is not None:
             return
         self._local = (code, reason)
+        for stream in self.stream_runs:  # the server hears the unsubscribes before the close
+            stream.unsubscribe()
         self._closer = asyncio.create_task(self._close_now(code, reason))
 
     async def _close_now(self, code: int, reason: str = "") -> None:
@@ -268,6 +286,18 @@ class Session:
             message = parse(data)
             found = self.correlator.match(message)
             if isinstance(found, str):
+                if message is not None:
+                    if self.streams:
+                        stream = self._stream_of(message)
+                        if stream is not None:
+                            stream.on_message(message, received)
+                            return True
+                    if (
+                        found == "missing_id"
+                        and self.correlator.field not in message
+                        and not self.correlator.waiting
+                    ):
+                        found = "unsolicited"  # a push: no id, and no request waits
                 self.m.unmatched[found].inc()
             else:
                 found.answer(Reply(received, message, data))
@@ -281,6 +311,20 @@ class Session:
         else:
             return False
         return True
+
+    def _stream_of(self, message: dict[str, Any]) -> StreamRun | None:
+        """The stream a message belongs to: by its subscribe's id echoed in it, else by its
+        `subscription.id`."""
+        key = message.get(self.correlator.field or "")
+        if type(key) is int:
+            stream = self.streams.get(key)
+            if stream is not None:
+                return stream
+        if self.subscriptions:
+            sid = subscription_of(message)
+            if sid is not None:
+                return self.subscriptions.get(sid)
+        return None
 
     async def _throttle(self) -> None:
         """The connection delivered more than `max_messages_per_second`: stop reading it

@@ -544,8 +544,9 @@ def test_session_large_frame() -> None:
     assert unmatched(registry) == {
         "invalid_json": 2,
         "binary": 0,
-        "missing_id": 1,
+        "missing_id": 0,
         "unknown_id": 0,
+        "unsolicited": 1,  # an object without req_id while no request waits
     }
 
 

@@ -23,6 +23,7 @@ import ssl
 import struct
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -53,6 +54,11 @@ class _Conn:
     )
     last_message: float = 0.0
     pong_seen: bool = False
+    # subscription id -> the task sending its ticks
+    subscriptions: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # What this connection saw and did, in order: "subscribe", "forget", "authorize",
+    # "website_status", "close:<code>" (the client's close frame).
+    events: list[str] = field(default_factory=list)
 
 
 def default_reply(request: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +105,12 @@ class WSTestServer:
         self.answer_pings: bool = True
         self.responder: Responder | None = None
         self.subprotocols: tuple[str, ...] = ()  # the ones it accepts, its favourite first
+        # subscriptions (`{"ticks": X, "subscribe": 1}`): ticks a second on each, paused
+        # while `stalled`; `subscribe_error` refuses subscribes with that error code
+        self.tick_rate: float = 20.0
+        self.stalled: bool = False
+        self.subscribe_error: str | None = None
+        self.authorize_token: str | None = None  # answer `authorize` (Deriv style) if set
         # truth
         self.http_requests: int = 0
         self.connections: int = 0
@@ -119,6 +131,11 @@ class WSTestServer:
         self.reply_holds: list[float] = []  # seconds each reply was held: receipt to send
         self.upgrade_headers: list[dict[str, str]] = []  # of every upgrade request
         self.negotiated: list[str | None] = []  # the subprotocol each handshake agreed on
+        self.ticks_sent: int = 0  # stream messages sent, every subscription
+        self.subscribes: int = 0
+        self.last_tick_at: float = 0.0  # loop.time() of the latest tick sent
+        self.forgets: list[str] = []  # subscription ids the client asked to forget
+        self.conn_events: list[list[str]] = []  # each connection's `events`, in accept order
         # internals
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -273,7 +290,8 @@ class WSTestServer:
 
     KNOBS = (
         "reply_delay", "handshake_status", "silent", "answer_pings", "handshake_delay",
-        "idle_timeout", "stream_rate", "ping_interval", "close_unponged",
+        "idle_timeout", "stream_rate", "ping_interval", "close_unponged", "tick_rate",
+        "stalled", "subscribe_error",
     )  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
@@ -291,6 +309,9 @@ class WSTestServer:
             "streamed": self.streamed,
             "big_sent": self.big_sent,
             "reply_holds": holds,
+            "ticks_sent": self.ticks_sent,
+            "subscribes": self.subscribes,
+            "forgets": len(self.forgets),
         }
 
     async def _stats(self, _: web.Request) -> web.Response:
@@ -355,6 +376,7 @@ class WSTestServer:
             self.handshakes_in_progress -= 1
         self.accepted_at.append(asyncio.get_running_loop().time())
         conn = _Conn(request, ws)
+        self.conn_events.append(conn.events)
         self.connections += 1
         self.open_connections += 1
         self._conns.add(conn)
@@ -389,6 +411,7 @@ class WSTestServer:
         except Exception:
             pass  # a disappearing client is normal here: end quietly
         finally:
+            extras.extend(conn.subscriptions.values())
             for task in extras:
                 task.cancel()
             await asyncio.gather(*extras, return_exceptions=True)
@@ -457,6 +480,7 @@ class WSTestServer:
                 # autoclose already answered; aiohttp reports an empty close frame as code 0
                 code = int(msg.data)
                 self.close_frames.append(code or None)
+                conn.events.append(f"close:{code}")
                 return
             else:  # CLOSING (we closed it), CLOSED (EOF) or ERROR
                 return
@@ -472,10 +496,95 @@ class WSTestServer:
         self.requests.append(request)
         if self.silent:
             return
+        if self._subscription_request(conn, request):
+            return
         received = asyncio.get_running_loop().time()
         task = asyncio.create_task(self._reply(conn, request, self.reply_delay, received))
         self._reply_tasks.add(task)
         task.add_done_callback(self._reply_tasks.discard)
+
+    def _subscription_request(self, conn: _Conn, request: dict[str, Any]) -> bool:
+        """Subscribe, forget and authorize, answered at once; False for other requests."""
+        reply: dict[str, Any]
+        if request.get("subscribe") == 1:
+            conn.events.append("subscribe")
+            self.subscribes += 1
+            if self.subscribe_error is not None:
+                reply = {
+                    "echo_req": request,
+                    "error": {"code": self.subscribe_error, "message": "refused"},
+                    "msg_type": "tick",
+                }
+            else:
+                sid = uuid.uuid4().hex
+                conn.subscriptions[sid] = asyncio.create_task(self._ticks(conn, request, sid))
+                return True
+        elif "forget" in request:
+            conn.events.append("forget")
+            self.forgets.append(str(request["forget"]))
+            task = conn.subscriptions.pop(str(request["forget"]), None)
+            if task is not None:
+                task.cancel()
+            reply = {"echo_req": request, "forget": int(task is not None), "msg_type": "forget"}
+        elif "authorize" in request and self.authorize_token is not None:
+            conn.events.append("authorize")
+            if request["authorize"] == self.authorize_token:
+                reply = {"echo_req": request, "msg_type": "authorize", "authorize": {}}
+            else:
+                reply = {
+                    "echo_req": request,
+                    "error": {"code": "InvalidToken", "message": "invalid"},
+                    "msg_type": "authorize",
+                }
+        elif "website_status" in request:
+            conn.events.append("website_status")
+            general = {"applies_to": "rates", "hourly": 14400, "minutely": 180}
+            limits = {"api_call_limits": {"max_requestes_general": general}}
+            reply = {"echo_req": request, "msg_type": "website_status", "website_status": limits}
+        else:
+            return False
+        if "req_id" in request:
+            reply["req_id"] = request["req_id"]
+        task = asyncio.create_task(self._send_now(conn, json.dumps(reply)))
+        self._reply_tasks.add(task)
+        task.add_done_callback(self._reply_tasks.discard)
+        return True
+
+    async def _send_now(self, conn: _Conn, text: str) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            if not (conn.ws.closed or conn.close_request.done()):
+                await conn.ws.send_str(text)
+
+    async def _ticks(self, conn: _Conn, request: dict[str, Any], sid: str) -> None:
+        """A subscription's messages, Deriv style, every 1/tick_rate seconds while not
+        `stalled`; the first one at once."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        n = 0
+        while not (conn.ws.closed or conn.close_request.done()):
+            if not self.stalled:
+                n += 1
+                tick = {
+                    "epoch": int(time.time()),
+                    "quote": 1.0 + n / 1e4,
+                    "symbol": request["ticks"],
+                }
+                message: dict[str, Any] = {
+                    "echo_req": request,
+                    "msg_type": "tick",
+                    "subscription": {"id": sid},
+                    "tick": {**tick, "id": sid},
+                }
+                if "req_id" in request:
+                    message["req_id"] = request["req_id"]
+                try:
+                    await conn.ws.send_str(json.dumps(message))
+                except (ConnectionError, RuntimeError):
+                    return
+                self.ticks_sent += 1
+                self.last_tick_at = loop.time()
+            due = max(due + 1.0 / self.tick_rate, loop.time())
+            await asyncio.sleep(due - loop.time())
 
     async def _reply(
         self, conn: _Conn, request: dict[str, Any], delay: float, received: float

@@ -26,6 +26,7 @@ from pydantic import (
 from .values import (
     DEFAULT_RTT_BUCKETS,
     Buckets,
+    DottedPath,
     Duration,
     Name,
     Origin,
@@ -52,21 +53,49 @@ class ReconnectConfig(_Strict):
     reset_after: Duration = 30.0
 
 
+# Keys only a stream probe takes, and keys a stream probe does not take.
+STREAM_KEYS = ("max_gap", "on_stale", "lag_field", "unsubscribe", "subscribe_timeout")
+PERIODIC_KEYS = ("interval", "timeout")
+
+
 class ProbeConfig(_Strict):
-    """One periodic probe on a target's connection."""
+    """One probe on a target's connection: a message or ws-ping sent periodically, or a
+    subscription stream whose messages must keep coming (`kind: stream`)."""
 
     name: Name
-    kind: Literal["message", "ws-ping"] = "message"
+    kind: Literal["message", "ws-ping", "stream"] = "message"
     send: dict[str, Any] | None = Field(default=None, validate_default=True)
     expect: dict[str, Any] | None = None
     interval: Duration = 30.0
     timeout: Duration = 5.0
-    # Buckets of this probe's RTT histogram; None: `metrics.rtt_buckets`.
+    # Buckets of this probe's RTT histogram (a stream's: of its subscribe time and lag);
+    # None: `metrics.rtt_buckets`.
     rtt_buckets: Buckets | None = None
+    # --- stream probes -----------------------------------------------------------------
+    # Stale when no stream message arrived for this long.
+    max_gap: Duration | None = None
+    on_stale: Literal["report", "resubscribe", "reconnect"] = "report"
+    # Dotted path to a server timestamp (Unix seconds or milliseconds) in each message.
+    lag_field: DottedPath | None = None
+    # Sent to end the subscription; "{subscription_id}" is replaced by the id the first
+    # reply carried. None: `{forget: "{subscription_id}"}` when a reply carried one (the
+    # Deriv API's); false: never sent.
+    unsubscribe: dict[str, Any] | Literal[False] | None = None
+    # The first stream message must arrive this long after the subscribe; None: max_gap.
+    subscribe_timeout: Duration | None = None
 
     @field_validator("send", "expect", mode="after")
     @classmethod
     def _json(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return plain_json(v)
+
+    @field_validator("unsubscribe", mode="after")
+    @classmethod
+    def _unsubscribe(cls, v: dict[str, Any] | Literal[False] | None) -> Any:
+        if v is False or v is None:
+            return v
+        if not v:
+            raise ValueError("the unsubscribe message must not be empty (false: send none)")
         return plain_json(v)
 
     @field_validator("send")
@@ -75,6 +104,8 @@ class ProbeConfig(_Strict):
         kind = info.data.get("kind", "message")
         if kind == "message" and not v:
             raise ValueError("a message probe needs `send` (the JSON object to send)")
+        if kind == "stream" and not v:
+            raise ValueError("a stream probe needs `send` (the subscribe request)")
         if kind == "ws-ping" and v is not None:
             raise ValueError("a ws-ping probe sends a protocol ping frame and takes no `send`")
         return v
@@ -93,6 +124,29 @@ class ProbeConfig(_Strict):
         if interval is not None and v >= interval:
             raise ValueError(f"timeout ({v:g}s) must be shorter than interval ({interval:g}s)")
         return v
+
+    @model_validator(mode="after")
+    def _stream_keys(self) -> ProbeConfig:
+        # Keys set to other than their defaults (a dump of a valid probe validates again).
+        defaults = type(self).model_fields
+        given = {k for k in self.model_fields_set if getattr(self, k) != defaults[k].default}
+        if self.kind == "stream":
+            if self.max_gap is None:
+                raise ValueError("a stream probe needs `max_gap` (stale after this long silent)")
+            if wrong := [k for k in PERIODIC_KEYS if k in given]:
+                raise ValueError(
+                    f"a stream probe takes no `{wrong[0]}`: it subscribes once per "
+                    "connection and is judged by `max_gap` and `subscribe_timeout`"
+                )
+        elif wrong := [k for k in STREAM_KEYS if k in given]:
+            raise ValueError(f"`{wrong[0]}` applies to stream probes only (`kind: stream`)")
+        return self
+
+    @property
+    def first_message_within(self) -> float:
+        """A stream's `subscribe_timeout`, or its `max_gap` when not set."""
+        assert self.max_gap is not None
+        return self.subscribe_timeout if self.subscribe_timeout is not None else self.max_gap
 
 
 class TLSConfig(_Strict):
@@ -173,6 +227,17 @@ class AuthConfig(_Strict):
         return plain_json(v)
 
 
+class RateLimitsConfig(_Strict):
+    """The server's request limits, to compare with what the probes plan to send: read from
+    the server once per connection (`source: website_status`, the Deriv API's
+    `api_call_limits.max_requestes_general`), and/or known beforehand (`minutely`,
+    `hourly`), which check-config can already compare."""
+
+    source: Literal["website_status", "none"] = "website_status"
+    minutely: int | None = Field(default=None, ge=1)
+    hourly: int | None = Field(default=None, ge=1)
+
+
 class TargetSettings(_Strict):
     """Keys that may be set in `defaults` and overridden per target."""
 
@@ -190,6 +255,7 @@ class TargetSettings(_Strict):
     # The upgrade's Origin header (APIs meant for browsers often check it).
     origin: Origin | None = None
     auth: AuthConfig | None = None
+    rate_limits: RateLimitsConfig | None = None
     # Consecutive probe timeouts after which the connection is declared dead and closed.
     dead_after_timeouts: int = Field(default=2, ge=1)
     max_msg_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
@@ -242,6 +308,15 @@ class TargetConfig(TargetSettings):
     def _one_origin(self) -> TargetConfig:
         if self.origin is not None and any(k.lower() == "origin" for k in self.headers):
             raise ValueError("set the Origin either as `origin` or in `headers`, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _streams_need_ids(self) -> TargetConfig:
+        if self.correlation_field is None and any(p.kind == "stream" for p in self.probes):
+            raise ValueError(
+                "stream probes need `correlation_field` (their messages are recognised by "
+                "the subscribe's id echoed in them)"
+            )
         return self
 
     @model_validator(mode="after")

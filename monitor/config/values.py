@@ -93,6 +93,17 @@ def _check_origin(v: str) -> str:
     return v.rstrip("/")
 
 
+_PATH_RE = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+
+
+def _check_path(v: str) -> str:
+    """`tick.epoch`: keys of nested JSON objects, joined by dots."""
+    if not _PATH_RE.match(v):
+        raise ValueError(f"invalid field path {v!r}: keys joined by dots, e.g. tick.epoch")
+    return v
+
+
+DottedPath = Annotated[str, AfterValidator(_check_path)]
 Subprotocol = Annotated[str, AfterValidator(_check_token)]
 Origin = Annotated[str, AfterValidator(_check_origin)]
 
