@@ -3,7 +3,16 @@
 The server listens on 127.0.0.1 (by default on an ephemeral port) and serves
 ``/websockets/v3``.  It answers the two requests a keepalive monitor sends --
 ``{"ping": 1}`` and ``{"time": 1}`` -- in the Deriv API reply shapes, with a
-small random latency, and answers everything else with a Deriv-style error.
+small random latency; ``{"website_status": 1}`` gets a fixed status (``site_status``
+"up" and the API call limits), and anything else a Deriv-style error.
+
+Subscription streams work as on the real API.  ``{"ticks": SYMBOL, "subscribe": 1}``
+for one of the synthetic indices in :data:`SYMBOLS` starts a stream on the
+connection: a tick at once, then one every ``tick_interval`` seconds, each carrying
+the stream's 32-hex-digit id in ``subscription.id`` and a quote from a random walk
+per symbol.  Without ``subscribe`` the reply is a single tick.  ``{"forget": ID}``
+and ``{"forget_all": "ticks"}`` end streams, and a connection's streams end with it.
+Ticks are not client activity: a client that only listens is still idled out.
 
 To give the monitor something to observe it also misbehaves: every connection
 gets a random lifetime (exponentially distributed with mean ``mean_lifetime``
@@ -14,12 +23,19 @@ closes a connection with 1001 "idle" when the client sends no message for
 ``idle_timeout`` seconds (120 s by default); WebSocket ping frames are
 answered but, being control frames rather than messages, do not count as
 activity.
+
+Streams misbehave too.  Every so often (exponential gaps with mean
+``mean_stall_every`` seconds) a stream stalls: it sends no tick for a uniform
+``stall_duration`` seconds while the connection keeps answering pings and time
+requests.  Such a zombie stream looks healthy to a ping probe; only the stream's
+own messages give it away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -27,12 +43,15 @@ import random
 import socket
 import struct
 import time
-from typing import Any, Final
+import uuid
+from collections.abc import Coroutine, Mapping
+from types import MappingProxyType
+from typing import Any, Final, NamedTuple
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-__all__ = ["CLOSE_CODES", "DEFAULT_APP_ID", "WS_PATH", "DemoAPI"]
+__all__ = ["CLOSE_CODES", "DEFAULT_APP_ID", "SYMBOLS", "WS_PATH", "DemoAPI"]
 
 WS_PATH: Final = "/websockets/v3"
 DEFAULT_APP_ID: Final = 1089
@@ -50,6 +69,55 @@ _SPIKE_MIN: Final = 0.100
 _SPIKE_MAX: Final = 0.300
 _DROP_PROBABILITY: Final = 0.5
 
+#: Symbols ``ticks`` serves: the synthetic indices, each with (opening quote, annual volatility).
+SYMBOLS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
+    {
+        "R_10": (6250.0, 0.10),
+        "R_25": (2800.0, 0.25),
+        "R_50": (180.0, 0.50),
+        "R_75": (40000.0, 0.75),
+        "R_100": (1250.0, 1.00),
+        "1HZ100V": (700.0, 1.00),
+    }
+)
+_PIP_SIZE: Final = 4
+# One random-walk step is one second of the index's volatility, whatever tick_interval is.
+_STEP_SCALE: Final = 1.0 / math.sqrt(365 * 24 * 3600)
+# The stream types forget_all accepts (the v3 API's list).
+_STREAM_TYPES: Final = frozenset(
+    {
+        "balance",
+        "candles",
+        "cashier_payments",
+        "crypto_estimations",
+        "p2p_advert",
+        "p2p_advertiser",
+        "p2p_order",
+        "p2p_settings",
+        "proposal",
+        "proposal_open_contract",
+        "ticks",
+        "trading_platform_asset_listing",
+        "transaction",
+        "website_status",
+    }
+)
+
+
+class _Rejected(Exception):
+    """A client message that is not a valid request; ``reply`` is the error to send."""
+
+    def __init__(self, echo_req: Any, message: str) -> None:
+        super().__init__(message)
+        self.reply = _error(echo_req, "InputValidationFailed", message)
+
+
+class _Stream(NamedTuple):
+    """One subscription of a connection: its symbol and the task sending its ticks."""
+
+    symbol: str
+    task: asyncio.Task[None]
+
 
 def _error(echo_req: Any, code: str, message: str) -> dict[str, Any]:
     """Build a Deriv API error reply, echoing ``req_id`` when the request had one."""
@@ -63,26 +131,119 @@ def _error(echo_req: Any, code: str, message: str) -> dict[str, Any]:
     return reply
 
 
-def build_reply(data: str | bytes) -> dict[str, Any]:
-    """Return the Deriv-style reply for one client message (a text or binary frame payload)."""
-    if isinstance(data, bytes):
-        return _error({}, "InputValidationFailed", "Input validation failed: binary frame")
-    try:
-        req = json.loads(data)
-    except ValueError:
-        return _error({}, "InputValidationFailed", "Input validation failed: invalid JSON")
-    if not isinstance(req, dict):
-        return _error(req, "InputValidationFailed", "Input validation failed: expected object")
-    reply: dict[str, Any]
-    if "ping" in req:
-        reply = {"echo_req": req, "msg_type": "ping", "ping": "pong"}
-    elif "time" in req:
-        reply = {"echo_req": req, "msg_type": "time", "time": int(time.time())}
-    else:
-        return _error(req, "UnrecognisedRequest", "Unrecognised request")
+def _ok(req: dict[str, Any], msg_type: str, **fields: Any) -> dict[str, Any]:
+    """Build a Deriv API reply, echoing ``req_id`` when the request had one."""
+    reply: dict[str, Any] = {"echo_req": req, "msg_type": msg_type, **fields}
     if "req_id" in req:
         reply["req_id"] = req["req_id"]
     return reply
+
+
+def _decode(data: str | bytes) -> dict[str, Any]:
+    """Parse one client frame into a request object, or raise :class:`_Rejected`."""
+    if isinstance(data, bytes):
+        raise _Rejected({}, "Input validation failed: binary frame")
+    try:
+        req = json.loads(data)
+    except ValueError:
+        raise _Rejected({}, "Input validation failed: invalid JSON") from None
+    if not isinstance(req, dict):
+        raise _Rejected(req, "Input validation failed: expected object")
+    return req
+
+
+def _website_status() -> dict[str, Any]:
+    return {
+        "api_call_limits": {
+            "max_proposal_subscription": {
+                "applies_to": "subscribing to proposal concurrently",
+                "max": 5,
+            },
+            # "requestes" is how the real API spells these keys.
+            "max_requestes_general": {"applies_to": "rates", "hourly": 14400, "minutely": 180},
+            "max_requestes_outcome": {
+                "applies_to": "portfolio, statement and proposal",
+                "hourly": 1500,
+                "minutely": 25,
+            },
+            "max_requestes_pricing": {
+                "applies_to": "proposal and proposal_open_contract",
+                "hourly": 3600,
+                "minutely": 80,
+            },
+        },
+        "clients_country": "",
+        "site_status": "up",
+        "supported_languages": ["EN"],
+    }
+
+
+def _stateless_reply(req: dict[str, Any]) -> dict[str, Any]:
+    if "ping" in req:
+        return _ok(req, "ping", ping="pong")
+    if "time" in req:
+        return _ok(req, "time", time=int(time.time()))
+    if "website_status" in req:
+        return _ok(req, "website_status", website_status=_website_status())
+    return _error(req, "UnrecognisedRequest", "Unrecognised request")
+
+
+def build_reply(data: str | bytes) -> dict[str, Any]:
+    """Return the Deriv-style reply for one client message that needs no connection state.
+
+    That is ping, time and website_status, and the errors for anything else; the
+    stream requests (ticks, forget, forget_all) are answered by the connection.
+    """
+    try:
+        req = _decode(data)
+    except _Rejected as exc:
+        return exc.reply
+    return _stateless_reply(req)
+
+
+def tick_message(
+    req: dict[str, Any], symbol: str, quote: float, subscription: str | None
+) -> dict[str, Any]:
+    """Build a tick message; ``subscription`` is the stream's id, None for a one-off tick."""
+    tick = {
+        "ask": quote,
+        "bid": quote,
+        "epoch": int(time.time()),
+        "pip_size": _PIP_SIZE,
+        "quote": quote,
+        "symbol": symbol,
+    }
+    if subscription is None:
+        return _ok(req, "tick", tick=tick)
+    return _ok(req, "tick", subscription={"id": subscription}, tick={"id": subscription, **tick})
+
+
+def _forget(req: dict[str, Any], streams: dict[str, _Stream]) -> dict[str, Any]:
+    sub_id = req["forget"]
+    if not isinstance(sub_id, str):
+        return _error(req, "InputValidationFailed", "Input validation failed: forget")
+    stream = streams.pop(sub_id, None)
+    if stream is not None:
+        # The reply goes out after this; a cancelled task sends nothing more.
+        stream.task.cancel()
+    return _ok(req, "forget", forget=int(stream is not None))
+
+
+def _forget_all(req: dict[str, Any], streams: dict[str, _Stream]) -> dict[str, Any]:
+    kinds = req["forget_all"]
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    if not (
+        isinstance(kinds, list)
+        and kinds
+        and all(isinstance(kind, str) and kind in _STREAM_TYPES for kind in kinds)
+    ):
+        return _error(req, "InputValidationFailed", "Input validation failed: forget_all")
+    # Ticks are the only streams this API serves.
+    forgotten = list(streams) if "ticks" in kinds else []
+    for sub_id in forgotten:
+        streams.pop(sub_id).task.cancel()
+    return _ok(req, "forget_all", forget_all=forgotten)
 
 
 class DemoAPI:
@@ -100,6 +261,9 @@ class DemoAPI:
         log: Any = None,
         idle_timeout: float = 120.0,
         close_timeout: float = 1.0,
+        tick_interval: float = 1.0,
+        mean_stall_every: float = 45.0,
+        stall_duration: tuple[float, float] = (4.0, 12.0),
     ) -> None:
         """Configure the server; nothing listens until :meth:`start`.
 
@@ -108,6 +272,11 @@ class DemoAPI:
         a uniform ``[min_delay, max_delay]`` seconds, with an occasional 100-300 ms
         spike.  ``close_timeout`` bounds every server-initiated close handshake
         and the shutdown in :meth:`stop`.
+
+        A tick stream sends a tick every ``tick_interval`` seconds.  The gaps
+        between its stalls are exponential with mean ``mean_stall_every`` seconds
+        (``math.inf`` disables stalls); each stall lasts a uniform
+        ``stall_duration`` ``(min, max)`` seconds.
         """
         if not mean_lifetime > 0:
             raise ValueError(f"mean_lifetime must be > 0, got {mean_lifetime!r}")
@@ -117,6 +286,13 @@ class DemoAPI:
             raise ValueError(f"idle_timeout must be > 0, got {idle_timeout!r}")
         if not close_timeout > 0:
             raise ValueError(f"close_timeout must be > 0, got {close_timeout!r}")
+        if not tick_interval > 0:
+            raise ValueError(f"tick_interval must be > 0, got {tick_interval!r}")
+        if not mean_stall_every > 0:
+            raise ValueError(f"mean_stall_every must be > 0, got {mean_stall_every!r}")
+        stall_min, stall_max = stall_duration
+        if not 0 <= stall_min <= stall_max < math.inf:
+            raise ValueError(f"need 0 <= min <= max in stall_duration, got {stall_duration!r}")
         self._host = host
         self._port = port
         self._mean_lifetime = mean_lifetime
@@ -126,6 +302,10 @@ class DemoAPI:
         self._log: Any = log if log is not None else structlog.get_logger(__name__)
         self._idle_timeout = idle_timeout
         self._close_timeout = close_timeout
+        self._tick_interval = tick_interval
+        self._mean_stall_every = mean_stall_every
+        self._stall_duration = (stall_min, stall_max)
+        self._quotes = {symbol: opening for symbol, (opening, _) in SYMBOLS.items()}
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._stopping = False
@@ -195,10 +375,20 @@ class DemoAPI:
             return self._rng.uniform(_SPIKE_MIN, _SPIKE_MAX)
         return self._rng.uniform(self._min_delay, self._max_delay)
 
-    def _lifetime(self) -> float:
-        if math.isinf(self._mean_lifetime):
+    def _exponential(self, mean: float) -> float:
+        if math.isinf(mean):
             return math.inf
-        return self._rng.expovariate(1.0 / self._mean_lifetime)
+        return self._rng.expovariate(1.0 / mean)
+
+    def _lifetime(self) -> float:
+        return self._exponential(self._mean_lifetime)
+
+    def _tick(self, req: dict[str, Any], symbol: str, sub_id: str | None) -> dict[str, Any]:
+        """Step the symbol's random walk (geometric, like the index) and build the tick."""
+        volatility = SYMBOLS[symbol][1]
+        quote = self._quotes[symbol] * math.exp(volatility * _STEP_SCALE * self._rng.gauss())
+        self._quotes[symbol] = quote
+        return tick_message(req, symbol, round(quote, _PIP_SIZE), sub_id)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Serve one WebSocket connection until it closes, idles out or its lifetime expires."""
@@ -211,6 +401,7 @@ class DemoAPI:
         lifetime = self._lifetime()
         log = self._log.bind(conn=conn, peer=request.remote, lifetime=round(lifetime, 3))
         replies: set[asyncio.Task[None]] = set()
+        streams: dict[str, _Stream] = {}
         try:
             await ws.prepare(request)
         except OSError as exc:
@@ -221,13 +412,17 @@ class DemoAPI:
         loop = asyncio.get_running_loop()
         died_at = loop.time() + lifetime
         try:
-            await self._serve(ws, request, log, died_at, replies)
+            await self._serve(ws, request, log, died_at, replies, streams)
         except OSError as exc:
             log.info("demo.connection.lost", error=repr(exc))
         finally:
             del self._conns[conn]
             for task in replies:
                 task.cancel()
+            ended = [stream.task for stream in streams.values()]
+            for task in ended:
+                task.cancel()
+            await asyncio.gather(*ended, return_exceptions=True)
             code = ws.close_code
             log.debug("demo.connection.end", close_code=None if code is None else int(code))
         return ws
@@ -239,6 +434,7 @@ class DemoAPI:
         log: Any,
         died_at: float,
         replies: set[asyncio.Task[None]],
+        streams: dict[str, _Stream],
     ) -> None:
         loop = asyncio.get_running_loop()
         idle_at = loop.time() + self._idle_timeout
@@ -258,12 +454,11 @@ class DemoAPI:
                 return
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 idle_at = loop.time() + self._idle_timeout
-                payload = json.dumps(build_reply(msg.data))
-                task = asyncio.create_task(self._reply(ws, payload, log))
-                replies.add(task)
-                task.add_done_callback(replies.discard)
-                self._tasks.add(task)
-                task.add_done_callback(self._reply_done)
+                reply = self._answer(ws, log, msg.data, streams)
+                if reply is not None:
+                    task = self._spawn(self._reply(ws, json.dumps(reply), log), "demo.reply.failed")
+                    replies.add(task)
+                    task.add_done_callback(replies.discard)
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
             elif msg.type is WSMsgType.ERROR:
@@ -290,10 +485,83 @@ class DemoAPI:
         log.info("demo.close", code=code, reason=reason.decode())
         await ws.close(code=code, message=reason)
 
-    def _reply_done(self, task: asyncio.Task[None]) -> None:
+    def _answer(
+        self, ws: web.WebSocketResponse, log: Any, data: str | bytes, streams: dict[str, _Stream]
+    ) -> dict[str, Any] | None:
+        """Reply to one client message; a new stream's first tick is sent by the stream instead."""
+        try:
+            req = _decode(data)
+        except _Rejected as exc:
+            return exc.reply
+        if "ticks" in req:
+            return self._ticks(ws, log, req, streams)
+        if "forget" in req:
+            return _forget(req, streams)
+        if "forget_all" in req:
+            return _forget_all(req, streams)
+        return _stateless_reply(req)
+
+    def _ticks(
+        self, ws: web.WebSocketResponse, log: Any, req: dict[str, Any], streams: dict[str, _Stream]
+    ) -> dict[str, Any] | None:
+        symbol = req["ticks"]
+        if not (isinstance(symbol, str) and symbol in SYMBOLS):
+            return _error(req, "InvalidSymbol", f"Symbol {symbol} invalid.")
+        subscribe = req.get("subscribe", 0)
+        if subscribe not in (0, 1):
+            return _error(req, "InputValidationFailed", "Input validation failed: subscribe")
+        if not subscribe:
+            return self._tick(req, symbol, None)
+        if any(stream.symbol == symbol for stream in streams.values()):
+            return _error(req, "AlreadySubscribed", f"You are already subscribed to {symbol}.")
+        sub_id = uuid.uuid4().hex
+        stream_log = log.bind(subscription=sub_id, symbol=symbol)
+        task = self._spawn(self._stream(ws, stream_log, req, symbol, sub_id), "demo.stream.failed")
+        streams[sub_id] = _Stream(symbol, task)
+        task.add_done_callback(lambda _: streams.pop(sub_id, None))
+        return None
+
+    async def _stream(
+        self, ws: web.WebSocketResponse, log: Any, req: dict[str, Any], symbol: str, sub_id: str
+    ) -> None:
+        """Send one subscription's ticks until cancelled, stalling now and then."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(self._reply_delay())
+        next_tick = loop.time()
+        stall_at = next_tick + self._exponential(self._mean_stall_every)
+        while await self._send(ws, log, self._tick(req, symbol, sub_id)):
+            next_tick = max(next_tick + self._tick_interval, loop.time())
+            if stall_at <= next_tick:
+                await asyncio.sleep(stall_at - loop.time())
+                duration = self._rng.uniform(*self._stall_duration)
+                log.info("demo.stream.stall", duration=round(duration, 3))
+                await asyncio.sleep(duration)
+                next_tick = max(next_tick, loop.time())
+                stall_at = loop.time() + self._exponential(self._mean_stall_every)
+            await asyncio.sleep(next_tick - loop.time())
+
+    async def _send(self, ws: web.WebSocketResponse, log: Any, message: dict[str, Any]) -> bool:
+        """Send one stream message; False once the client is gone."""
+        if ws.closed:
+            return False
+        try:
+            await ws.send_str(json.dumps(message))
+        except ConnectionError as exc:
+            log.debug("demo.stream.dropped", error=repr(exc))
+            return False
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], failed_event: str) -> asyncio.Task[None]:
+        """Start a task that :meth:`stop` cancels and awaits; failures are logged."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, failed_event))
+        return task
+
+    def _task_done(self, failed_event: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            self._log.warning("demo.reply.failed", error=repr(exc))
+            self._log.warning(failed_event, error=repr(exc))
 
     async def _reply(self, ws: web.WebSocketResponse, payload: str, log: Any) -> None:
         """Send one reply after a simulated processing delay; vanished clients are ignored."""
