@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from . import config as config_mod
-from . import fdbudget, selftest
+from . import fdbudget, ratelimits, selftest
 from .aiohooks import Hooks
 from .clock import LagSampler
 from .collector import FREEZE_EVERY, Collector
@@ -137,6 +137,7 @@ class Daemon:
         # side's reserve, is theirs.
         self._fds_held = fdbudget.open_fds()
         self._check_fds(self.config)
+        self._check_rate_limits(self.config)
         await self.supervisor.apply(self.config)
         self._loaded()
         self.log.info(
@@ -187,6 +188,19 @@ class Daemon:
             reuse_address=True,
         )
         self.port = int(self._server.sockets[0].getsockname()[1]) if self._server.sockets else port
+
+    def _check_rate_limits(self, config: Config) -> None:
+        """Warn where the probes plan more requests than a limit the config states (the
+        server's own limits are compared when it states them, `monitor.ratelimits`)."""
+        for name, window, planned, limit in ratelimits.over_known_limits(config):
+            self.log.warning(
+                "rate_limit.plan_exceeds",
+                target=name,
+                window=window,
+                planned=round(planned, 1),
+                limit=limit,
+                source="config",
+            )
 
     def _check_fds(self, config: Config) -> None:
         """Raise the open files limit, give targets what is left after the daemon's own and
@@ -265,6 +279,7 @@ class Daemon:
                 detail="the `metrics` block takes effect at the next start; kept as it was",
             )
         self._check_fds(new)
+        self._check_rate_limits(new)
         changes = await self.supervisor.apply(new)
         # What the old targets held is collected in full once the new ones have settled.
         self.collector.unsettle()

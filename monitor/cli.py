@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, fdbudget, series, speedups
+from . import __version__, fdbudget, ratelimits, series, speedups
 from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError
@@ -81,6 +81,11 @@ def _check(path: str) -> int:
             f"({cfg.metrics.series_warning}); each costs the Prometheus that scrapes it memory "
             "and disk. Fewer metrics.rtt_buckets, metrics.histograms: native (with Prometheus's "
             "native histograms), or fewer probes per target cut them (docs/metrics.md)"
+        )
+    for name, window, planned, limit in ratelimits.over_known_limits(cfg):
+        print(
+            f"{path}: warning: target {name!r} plans {planned:g} requests {window} and its "
+            f"rate_limits.{window} is {limit}: longer probe intervals, or fewer probes"
         )
     budget = fdbudget.budget(cfg, fdbudget.hard_limit())
     if budget.short:

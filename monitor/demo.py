@@ -23,10 +23,21 @@ targets:
       - {{name: ping, send: {{ping: 1}}, expect: {{msg_type: ping}}, interval: 2s, timeout: 1s}}
       - {{name: time, send: {{time: 1}}, expect: {{msg_type: time}}, interval: 5s, timeout: 1s}}
       - {{name: frame, kind: ws-ping, interval: 2s, timeout: 1s}}
+      # The API's ticks stall now and then while pings are still answered: caught after
+      # 3 s of silence, resubscribed on the same connection.
+      - name: ticks
+        kind: stream
+        send: {{ticks: R_50, subscribe: 1}}
+        expect: {{msg_type: tick}}
+        max_gap: 3s
+        on_stale: resubscribe
+        lag_field: tick.epoch
+    rate_limits: {{source: website_status}}
   - name: demo-api-eu
     url: "{url}&region=eu"
     probes:
       - {{name: ping, send: {{ping: 1}}, expect: {{msg_type: ping}}, interval: 1s, timeout: 500ms}}
+      - {{name: ticks, kind: stream, send: {{ticks: R_100, subscribe: 1}}, max_gap: 3s}}
   - name: demo-api-asia
     url: "{url}&region=asia"
     probes:

@@ -15,10 +15,8 @@ from .metrics import RATE_WINDOWS, planned_requests
 from .probes import SEND_ERRORS
 
 if TYPE_CHECKING:
+    from .config import Config
     from .session import Session
-
-# Seconds to wait for the answer; none by then: the limits stay unknown on this connection.
-QUERY_TIMEOUT = 10.0
 
 
 def limits_in(message: dict[str, Any]) -> dict[str, int]:
@@ -47,14 +45,18 @@ def query(session: Session) -> None:
     body: dict[str, Any] = {"website_status": 1}
     field = target.correlation_field
     clock = session.runtime.clock
+    # No answer within the handshake's bound: the limits stay unknown on this connection.
+    timeout = target.connect_timeout
 
-    def answered(_: Pending, reply: Reply) -> None:
+    def answered(p: Pending, reply: Reply) -> None:
+        if p.timer is not None:
+            clock.cancel(p.timer)
         record(session, reply.message)
 
     def unanswered(p: Pending) -> None:
         session.correlator.forget(p)
         session.log.warning(
-            "rate_limit.unknown", target=target.name, error=f"no reply within {QUERY_TIMEOUT:g}s"
+            "rate_limit.unknown", target=target.name, error=f"no reply within {timeout:g}s"
         )
 
     if field is not None:
@@ -64,7 +66,7 @@ def query(session: Session) -> None:
     else:
         pending = Pending(None, answered, unanswered)
     session.correlator.register(pending)
-    pending.timer = clock.call_at(clock.time() + QUERY_TIMEOUT, pending)
+    pending.timer = clock.call_at(clock.time() + timeout, pending)
     pending.sent_at = time.perf_counter()
     try:
         task = start_eagerly(
@@ -105,4 +107,22 @@ def record(session: Session, message: dict[str, Any] | None) -> None:
             window=window,
             planned=round(plan, 1),
             limit=limit,
+            source="server",
         )
+
+
+def over_known_limits(config: Config) -> list[tuple[str, str, float, int]]:
+    """(target, window, planned, limit) wherever the probes plan more requests than a limit
+    the config states (`rate_limits.minutely` / `hourly`): what check-config and the start
+    can tell before the server does."""
+    over = []
+    for target in config.targets:
+        limits = target.rate_limits
+        if limits is None:
+            continue
+        for window, seconds in RATE_WINDOWS:
+            limit = getattr(limits, window)
+            planned = planned_requests(target, seconds)
+            if limit is not None and planned > limit:
+                over.append((target.name, window, planned, limit))
+    return over

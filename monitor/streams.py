@@ -148,7 +148,7 @@ class StreamRun:
         if field is not None:
             req_id = session.correlator.next_id()
             message[field] = req_id
-            pending = Pending(req_id, _ignore_reply, self._unanswered)
+            pending = Pending(req_id, self._unsubscribed, self._unanswered)
             session.correlator.register(pending)
             pending.timer = self.clock.call_at(
                 self.clock.time() + self.probe.first_message_within, pending
@@ -166,6 +166,11 @@ class StreamRun:
         if _mentions_id(template):
             return _fill(template, sid) if sid is not None else None
         return dict(template)
+
+    def _unsubscribed(self, pending: Pending, _: Reply) -> None:
+        """The reply to an unsubscribe: expected, nothing to record."""
+        if pending.timer is not None:
+            self.clock.cancel(pending.timer)
 
     def _unanswered(self, pending: Pending) -> None:
         self.session.correlator.forget(pending)
@@ -356,10 +361,6 @@ class StreamRun:
             self.sm.stale.set(0)
         if self.sending is not None and not self.sending.done():
             self.sending.cancel()
-
-
-def _ignore_reply(_: Pending, __: Reply) -> None:
-    """The reply to an unsubscribe: expected, nothing to record."""
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

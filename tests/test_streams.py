@@ -5,7 +5,9 @@ the server's rate limits."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,12 @@ from conftest import Harness, StartDaemon, target
 from wsserver import WSTestServer
 
 from monitor import config as config_mod
+from monitor.app import Daemon
+from monitor.cli import main
 from monitor.config import ConfigError
+from monitor.demo import demo_config
+from monitor.demo_api import DemoAPI
+from monitor.log import Logging
 
 TICKS = {"ticks": "R_50", "subscribe": 1}
 
@@ -284,6 +291,8 @@ async def test_rate_limits_beside_the_plan(server: WSTestServer, start_daemon: S
     (over,) = [e for e in h.events("rate_limit.plan_exceeds") if e["window"] == "minutely"]
     assert (over["planned"], over["limit"]) == (602, 180)
     assert h.value("wsmon_unmatched_messages_total", target="s", reason="unknown_id") == 0
+    await asyncio.sleep(1.1)  # past the query's deadline (connect_timeout): it was answered
+    assert h.events("rate_limit.unknown") == []
 
 
 @pytest.mark.parametrize(
@@ -336,3 +345,50 @@ def test_streams_need_a_correlation_field() -> None:
         "targets[0]: stream probes need `correlation_field` (their messages are recognised "
         "by the subscribe's id echoed in them)"
     ]
+
+
+def test_check_config_warns_when_the_plan_exceeds_a_known_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A limit the config states is compared before any connection: 60 pings a minute, the
+    subscribe and the query are 62 requests against a limit of 61."""
+    ping = {"name": "ping", "send": {"ping": 1}, "interval": "1s", "timeout": "500ms"}
+    doc = {
+        "targets": [
+            target("a", "ws://127.0.0.1:1/ws", probes=[ping, stream(max_gap="1s")],
+                   rate_limits={"minutely": 61, "hourly": 3660}),
+        ]
+    }  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["check-config", str(path)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert warnings == [
+        f"{path}: warning: target 'a' plans 62 requests minutely and its rate_limits.minutely "
+        "is 61: longer probe intervals, or fewer probes"
+    ]  # (hourly: 3602 planned, under 3660)
+
+
+async def test_the_demo_catches_its_zombie_stream() -> None:
+    """`wsmon demo`'s config against its API with a stall due at once: the stalled ticks
+    are caught after max_gap (3 s) while pings go on, resubscribed, and flow again."""
+    api = DemoAPI(mean_stall_every=0.05, stall_duration=(3.2, 3.4), tick_interval=0.1)
+    await api.start()
+    stream_log = io.StringIO()
+    daemon = Daemon(
+        demo_config(api.url, "127.0.0.1:0"),
+        Logging("json", "info", stream=stream_log),
+        stop_timeout=2.0,
+    )
+    try:
+        await daemon.start()
+        h = Harness(daemon, stream_log)
+        await h.wait_for(lambda: len(h.events("stream.recovered")) >= 1, timeout=6)
+        stale = [e for e in h.events("stream.stale") if e["target"] == "demo-api"]
+        assert stale
+        assert stale[0]["on_stale"] == "resubscribe"
+        assert h.value("wsmon_up", target="demo-api") == 1
+        assert h.value("wsmon_rate_limit_requests", target="demo-api", window="minutely") == 180
+    finally:
+        await daemon.stop()
+        await api.stop()
