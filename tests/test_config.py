@@ -33,12 +33,13 @@ def test_bad_config_message(
 
 def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     """The shipped example passes `check-config` with a one-line summary, the series it
-    exports included (one target of three probes: 10 + 3 x 15)."""
+    exports included (one target of three probes and a stream: 10 + 3 x 15 + 29, and the
+    two planned-requests gauges of `rate_limits`)."""
     assert main(["check-config", str(ROOT / "config.example.yaml")]) == 0
     out = capsys.readouterr().out.strip()
     assert len(out.splitlines()) == 1
-    assert "OK: 1 targets, 3 probes, listen 127.0.0.1:9815; series: " in out
-    assert "(55 per target," in out
+    assert "OK: 1 targets, 4 probes, listen 127.0.0.1:9815; series: " in out
+    assert "(86 per target," in out
     cfg = config.load(ROOT / "config.example.yaml")
     (deriv,) = cfg.targets
     assert deriv.url == "wss://ws.derivws.com/websockets/v3?app_id=1089"

@@ -16,6 +16,7 @@ from conftest import Harness, StartDaemon, target
 from wsserver import WSTestServer
 
 from monitor import config as config_mod
+from monitor import series
 from monitor.app import Daemon
 from monitor.cli import main
 from monitor.config import ConfigError
@@ -392,3 +393,16 @@ async def test_the_demo_catches_its_zombie_stream() -> None:
     finally:
         await daemon.stop()
         await api.stop()
+
+
+def test_series_of_a_stream_probe_as_documented() -> None:
+    """docs/metrics.md: a stream probe costs 29 series, `rate_limits` 2 at start."""
+    doc = {
+        "targets": [
+            {"name": "a", "url": "ws://127.0.0.1:1/ws", "probes": [stream(max_gap="1s")]},
+            {"name": "b", "url": "ws://127.0.0.1:1/ws", "probes": [], "rate_limits": {}},
+            {"name": "c", "url": "ws://127.0.0.1:1/ws", "probes": []},
+        ]
+    }
+    counted = series.count(config_mod.loads(yaml.safe_dump(doc))).per_target
+    assert counted == {"a": 10 + 29, "b": 10 + 2, "c": 10}
