@@ -15,11 +15,12 @@ from aiohttp import web
 from . import config as config_mod
 from . import fdbudget, ratelimits, selftest
 from .aiohooks import Hooks
+from .anatomy import trace_config
 from .clock import LagSampler
 from .collector import FREEZE_EVERY, Collector
 from .config import Config, ConfigError, parse_listen
 from .exposition import build_app
-from .handshake import dns_timing, socket_factory
+from .handshake import socket_factory
 from .httpguard import Guard
 from .log import Logging
 from .metrics import Metrics
@@ -116,7 +117,7 @@ class Daemon:
                 socket_factory=socket_factory(self.config.tcp),
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[dns_timing()],
+            trace_configs=[trace_config()],
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
         )

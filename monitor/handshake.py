@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.connector import AddrInfoType
 
+from .anatomy import Timed, TLSFacts, client_context, tls_facts
 from .config import TargetConfig, TCPConfig
 from .correlation import Correlator
 from .fdbudget import is_resource_error
@@ -80,8 +80,15 @@ def describe(exc: BaseException) -> str:
 
 
 def tls_context(target: TargetConfig) -> ssl.SSLContext | bool:
-    """What aiohttp's `ssl` argument gets for this target (True: system defaults)."""
-    return target.tls.context() if target.tls is not None else True
+    """What aiohttp's `ssl` argument gets for this target: for wss://, a context that times
+    the TLS handshake (`anatomy.TimedContext`) with the target's `tls` options."""
+    if not target.url.startswith("wss:"):
+        return True  # (unused: no TLS)
+    t = target.tls
+    if t is None:
+        return client_context()
+    cert = (t.cert_file, t.key_file) if t.cert_file else None
+    return client_context(t.ca_file, t.insecure_skip_verify, cert)
 
 
 def socket_factory(tcp: TCPConfig) -> Callable[[AddrInfoType], socket.socket]:
@@ -109,32 +116,14 @@ def socket_factory(tcp: TCPConfig) -> Callable[[AddrInfoType], socket.socket]:
     return make
 
 
-# Seconds spent resolving names during the current task's handshake (see dns_timing()).
-_dns_seconds: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
-    "wsmon_dns_seconds", default=None
-)
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An open WebSocket and how its handshake went."""
 
-
-def dns_timing() -> aiohttp.TraceConfig:
-    """Trace hooks that time DNS lookups, so the handshake histogram can leave them out.
-
-    The hooks run in the task that called ws_connect, so a context variable set by
-    connect() tells them where to add the time.
-    """
-
-    async def start(_: Any, ctx: Any, __: Any) -> None:
-        ctx.dns_started = time.perf_counter()
-
-    async def end(_: Any, ctx: Any, __: Any) -> None:
-        spent = _dns_seconds.get()
-        if spent is not None and hasattr(ctx, "dns_started"):
-            spent.append(time.perf_counter() - ctx.dns_started)
-
-    trace = aiohttp.TraceConfig()
-    trace.on_dns_resolvehost_start.append(start)
-    trace.on_dns_resolvehost_end.append(end)
-    trace.freeze()
-    return trace
+    ws: ClientWebSocketResponse
+    duration: float  # TCP + TLS + upgrade, seconds: the handshake without name resolution
+    phases: dict[str, float]  # see anatomy.Timeline.phases
+    tls: TLSFacts | None
 
 
 async def connect(
@@ -142,52 +131,43 @@ async def connect(
     target: TargetConfig,
     slots: asyncio.Semaphore,
     tls: ssl.SSLContext | bool = True,
-) -> tuple[ClientWebSocketResponse, float]:
-    """Open the target's WebSocket; return it and the TCP + TLS + upgrade time in seconds.
+) -> Opened:
+    """Open the target's WebSocket, timing each phase of the handshake.
 
     The whole handshake (DNS, TCP, TLS, HTTP upgrade) is bounded by `connect_timeout`;
     waiting for a handshake slot is not part of it, and the returned duration leaves out
-    name resolution.
+    name resolution (its own phase).
     """
-    dns: list[float] = []
-    token = _dns_seconds.set(dns)
-    try:
-        return await _open(http, target, slots, tls, dns)
-    finally:
-        _dns_seconds.reset(token)  # the task's context would keep the list otherwise
-
-
-async def _open(
-    http: aiohttp.ClientSession,
-    target: TargetConfig,
-    slots: asyncio.Semaphore,
-    tls: ssl.SSLContext | bool,
-    dns: list[float],
-) -> tuple[ClientWebSocketResponse, float]:
     async with slots:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(target.connect_timeout):
-                ws = await http.ws_connect(
-                    target.url,
-                    headers=target.headers,
-                    protocols=tuple(target.subprotocols),
-                    origin=target.origin,
-                    # Pings and pongs pass through the receive loop: pongs are timed by
-                    # ws-ping probes, and the server's pings are answered there.
-                    autoping=False,
-                    # Close frames too: the peer's close is recorded the moment it arrives,
-                    # before our reply, which can wait on a peer that never finishes.
-                    autoclose=False,
-                    max_msg_size=target.max_msg_size,
-                    ssl=tls,
-                    server_hostname=target.tls.server_name if target.tls else None,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=target.close_timeout),
-                )
-        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
-            spent = time.perf_counter() - started
-            raise ConnectFailed(classify(exc), describe(exc), spent) from exc
-        return ws, max(0.0, time.perf_counter() - started - sum(dns))
+        with Timed() as timeline:
+            try:
+                async with asyncio.timeout(target.connect_timeout):
+                    ws = await http.ws_connect(
+                        target.url,
+                        headers=target.headers,
+                        protocols=tuple(target.subprotocols),
+                        origin=target.origin,
+                        # Pings and pongs pass through the receive loop: pongs are timed by
+                        # ws-ping probes, and the server's pings are answered there.
+                        autoping=False,
+                        # Close frames too: the peer's close is recorded the moment it
+                        # arrives, before our reply, which can wait on a peer that never
+                        # finishes.
+                        autoclose=False,
+                        max_msg_size=target.max_msg_size,
+                        ssl=tls,
+                        server_hostname=target.tls.server_name if target.tls else None,
+                        timeout=aiohttp.ClientWSTimeout(
+                            ws_receive=None, ws_close=target.close_timeout
+                        ),
+                    )
+            except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
+                spent = time.perf_counter() - timeline.started
+                raise ConnectFailed(classify(exc), describe(exc), spent) from exc
+            ended = time.perf_counter()
+    duration = max(0.0, ended - timeline.started - timeline.resolving)
+    facts = tls_facts(ws.get_extra_info("ssl_object")) if target.url.startswith("wss:") else None
+    return Opened(ws, duration, timeline.phases(ended), facts)
 
 
 async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: TargetMetrics) -> None:

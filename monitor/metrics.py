@@ -92,6 +92,33 @@ class Metrics:
             buckets=CONNECT_BUCKETS,
             native=native,
         )
+        self.connect_phase = Family(
+            r,
+            "wsmon_connect_phase_seconds",
+            "Time of each phase of successful handshakes: resolve (DNS), connect (TCP), tls, "
+            "upgrade (HTTP request to 101).",
+            "histogram",
+            ("phase", "target") if o.per_target_connect_histogram else ("phase",),
+            buckets=CONNECT_BUCKETS,
+            native=native,
+        )
+        self.tls_not_after = Family(
+            r,
+            "wsmon_tls_cert_not_after_timestamp_seconds",
+            "Unix time the earliest-expiring certificate the server presented expires, as of "
+            "the latest connection.",
+            "gauge",
+            t,
+        )
+        # `version` sorts after `target`, which `Family` needs last (see rate_limit below);
+        # the labels of each target's one series, to replace it.
+        self.tls_labels: dict[str, tuple[str, str, str]] = {}
+        self.tls_info = Gauge(
+            "wsmon_tls_info",
+            "Always 1; labels tell the TLS version and cipher of the latest connection.",
+            ("target", "version", "cipher"),
+            registry=r.collectors,
+        )
         self.reconnects = Family(
             r,
             "wsmon_reconnects",
@@ -350,7 +377,8 @@ class Metrics:
     def _target_families(self) -> tuple[Family, ...]:
         return (
             self.up, self.connected, self.connect_attempts, self.connect_failures,
-            self.connect_duration, self.reconnects, self.disconnects, self.last_close_code,
+            self.connect_duration, self.connect_phase, self.tls_not_after, self.reconnects,
+            self.disconnects, self.last_close_code,
             self.established, self.rtt, self.last_rtt, self.probes_sent, self.probe_timeouts,
             self.probe_errors, self.last_success, self.time_offset, self.messages_received,
             self.unmatched, self.throttled, *self._stream_families(),
@@ -368,6 +396,9 @@ class Metrics:
         for family in self._target_families():
             family.remove(target=name)
         self._remove_rate_limits(name)
+        tls = self.tls_labels.pop(name, None)
+        if tls is not None:
+            self.tls_info.remove(*tls)
         self.registry.forget(name)
 
     def _remove_rate_limits(self, target: str) -> None:
@@ -553,6 +584,28 @@ class TargetMetrics:
             self._time_offset = self._m.time_offset.labels(self.target)
         self._time_offset.set(seconds)
         self.time_offset_value = seconds
+
+    def handshake(self, duration: float, phases: dict[str, float]) -> None:
+        """A successful handshake: its time, and each phase's."""
+        self.connect_duration.observe(duration)
+        m = self._m
+        per_target = m.options.per_target_connect_histogram
+        for phase, seconds in phases.items():
+            labels = (phase, self.target) if per_target else (phase,)
+            m.connect_phase.histogram(*labels).observe(seconds)
+
+    def tls(self, version: str, cipher: str, not_after: float | None) -> None:
+        """What the latest TLS connection told: one `wsmon_tls_info` series per target."""
+        m = self._m
+        labels = (self.target, version, cipher)
+        before = m.tls_labels.get(self.target)
+        if labels != before:
+            if before is not None:
+                m.tls_info.remove(*before)
+            m.tls_info.labels(*labels).set(1)
+            m.tls_labels[self.target] = labels
+        if not_after is not None:
+            m.tls_not_after.labels(self.target).set(not_after)
 
     def set_rate_limit(self, window: str, requests: float) -> None:
         self._m.rate_limit.labels(self.target, window).set(requests)

@@ -15,7 +15,7 @@ from structlog.typing import FilteringBoundLogger
 from .backoff import Delay, full_jitter
 from .config import Config, TargetConfig
 from .fdbudget import Gate
-from .handshake import ConnectFailed, authenticate, connect, safe_url, tls_context
+from .handshake import ConnectFailed, Opened, authenticate, connect, safe_url, tls_context
 from .metrics import Metrics
 from .session import INTERNAL_ERROR, Disconnect, Runtime, Session
 
@@ -115,7 +115,7 @@ class TargetRunner:
                     continue
                 started = loop.time()
                 try:
-                    ended = await self._serve(*opened, reconnected=had_connection)
+                    ended = await self._serve(opened, reconnected=had_connection)
                 finally:
                     self.limits.fds.release()
                 had_connection = True
@@ -132,7 +132,7 @@ class TargetRunner:
         finally:
             self.attempted = True
 
-    async def _open(self) -> tuple[ClientWebSocketResponse, float] | ConnectFailed:
+    async def _open(self) -> Opened | ConnectFailed:
         """The handshake (and auth): the open WebSocket and its duration, holding one of the
         gate's descriptors (the caller releases it when the connection is over), or why
         not. Without a descriptor to spare, no socket is even tried."""
@@ -146,7 +146,7 @@ class TargetRunner:
                 tried=False,
             )
         try:
-            ws, duration = await connect(self.http, t, self.limits.semaphore, self.tls)
+            opened = await connect(self.http, t, self.limits.semaphore, self.tls)
         except ConnectFailed as exc:
             fds.release()
             return exc
@@ -155,17 +155,17 @@ class TargetRunner:
             raise
         if t.auth is not None:
             try:
-                await authenticate(ws, t, self.m)  # closes the connection when it fails
+                await authenticate(opened.ws, t, self.m)  # closes the connection if it fails
             except ConnectFailed as exc:
                 fds.release()
                 return exc
             except BaseException:  # stopped meanwhile: the socket must not outlive us
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(t.close_timeout):
-                        await ws.close(code=1001, message=b"going away")
+                        await opened.ws.close(code=1001, message=b"going away")
                 fds.release()
                 raise
-        return ws, duration
+        return opened
 
     def _connect_failed(self, exc: ConnectFailed) -> None:
         self.m.connect_failures[exc.reason].inc()
@@ -180,13 +180,14 @@ class TargetRunner:
             duration_ms=round(exc.duration * 1e3, 3),
         )
 
-    async def _serve(
-        self, ws: ClientWebSocketResponse, duration: float, reconnected: bool
-    ) -> Disconnect:
+    async def _serve(self, opened: Opened, reconnected: bool) -> Disconnect:
         """Count the new connection, serve it until it ends, say how it ended."""
         t = self.target
         m = self.m
-        m.connect_duration.observe(duration)
+        ws, duration, tls = opened.ws, opened.duration, opened.tls
+        m.handshake(duration, opened.phases)
+        if tls is not None:
+            m.tls(tls.version, tls.cipher, tls.not_after)
         if reconnected:
             m.reconnects.inc()
         m.connected.set(1)
@@ -196,7 +197,9 @@ class TargetRunner:
             target=t.name,
             url=safe_url(t),
             duration_ms=round(duration * 1e3, 3),
+            phases_ms={k: round(v * 1e3, 3) for k, v in opened.phases.items()},
             **({"subprotocol": ws.protocol} if t.subprotocols else {}),
+            **({"tls_version": tls.version} if tls is not None else {}),
         )
         try:
             self._session = Session(t, ws, m, self.log, self.runtime, self.rng)
