@@ -24,6 +24,7 @@ from .handshake import socket_factory
 from .httpguard import Guard
 from .log import Logging
 from .metrics import Metrics
+from .proxy import Sessions
 from .registry import Registry
 from .session import Runtime
 from .supervisor import Supervisor
@@ -65,7 +66,7 @@ class Daemon:
         self.metrics = Metrics(self.registry, options=config.metrics)
         self.rng = rng
         self.stop_timeout = stop_timeout
-        self.http: aiohttp.ClientSession | None = None
+        self.http: Sessions | None = None  # the HTTP client sessions (one per proxy)
         self.supervisor: Supervisor | None = None
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
@@ -108,19 +109,25 @@ class Daemon:
         self.metrics.set_receive_path(self.hooks.receive_path)
         self.runtime = Runtime.create(asyncio.get_running_loop(), self.hooks)
         self.runtime.clock.alignment = self.config.send_alignment
-        self.http = aiohttp.ClientSession(
-            # The default limit of 100 would silently stall the 101st WebSocket.
-            connector=aiohttp.TCPConnector(
-                limit=0,
-                limit_per_host=0,
-                enable_cleanup_closed=True,
-                socket_factory=socket_factory(self.config.tcp),
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=[trace_config()],
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=False,
-        )
+        tcp = self.config.tcp
+
+        def session(connector: aiohttp.BaseConnector | None) -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(
+                # The default limit of 100 would silently stall the 101st WebSocket.
+                connector=connector
+                or aiohttp.TCPConnector(
+                    limit=0,
+                    limit_per_host=0,
+                    enable_cleanup_closed=True,
+                    socket_factory=socket_factory(tcp),
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=[trace_config()],
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=False,
+            )
+
+        self.http = Sessions(session, tcp)
         self.supervisor = Supervisor(
             self.http,
             self.metrics,

@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
@@ -22,24 +23,35 @@ from .correlation import Correlator
 from .fdbudget import is_resource_error
 from .log import redact_url
 from .metrics import TargetMetrics
+from .proxy import TUNNEL_ERRORS
 from .replies import judge_auth, parse
 
 
 class ConnectFailed(Exception):
     """A handshake that did not produce an open WebSocket."""
 
-    def __init__(self, reason: str, error: str, duration: float = 0.0, tried: bool = True) -> None:
+    def __init__(
+        self,
+        reason: str,
+        error: str,
+        duration: float = 0.0,
+        tried: bool = True,
+        status: int | None = None,
+    ) -> None:
         super().__init__(error)
         self.reason = reason
         self.error = error
         self.duration = duration  # seconds from the start of the handshake to the failure
         self.tried = tried  # False: not even tried (no file descriptor to spare)
+        self.status = status  # the HTTP status of a refused upgrade
 
 
 def classify(exc: BaseException) -> str:
     """The `reason` label of a failed handshake."""
     if is_resource_error(exc):  # out of descriptors or buffers: ours, not the peer's
         return "resource"
+    if isinstance(exc, TUNNEL_ERRORS):  # the proxy: unreachable, refused CONNECT, timed out
+        return "proxy"
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -98,22 +110,25 @@ def socket_factory(tcp: TCPConfig) -> Callable[[AddrInfoType], socket.socket]:
     def make(addr_info: AddrInfoType) -> socket.socket:
         family, type_, proto, _, _ = addr_info
         sock = socket.socket(family, type_, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
-            sock.setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(tcp.keepalive_idle))
-            )
-            sock.setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(tcp.keepalive_interval))
-            )
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, tcp.keepalive_count)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            sock.setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(tcp.user_timeout * 1000))
-            )
+        tune(sock, tcp)
         return sock
 
     return make
+
+
+def tune(sock: Any, tcp: TCPConfig) -> None:
+    """Set the keepalive options on a socket (also on a connected one: a proxy's tunnel)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(tcp.keepalive_idle)))
+        sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(tcp.keepalive_interval))
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, tcp.keepalive_count)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(tcp.user_timeout * 1000))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +176,17 @@ async def connect(
                             ws_receive=None, ws_close=target.close_timeout
                         ),
                     )
-            except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
+            except (
+                aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError, *TUNNEL_ERRORS
+            ) as exc:  # fmt: skip
                 spent = time.perf_counter() - timeline.started
-                raise ConnectFailed(classify(exc), describe(exc), spent) from exc
+                status = getattr(exc, "status", None)  # a refused upgrade's HTTP status
+                raise ConnectFailed(
+                    classify(exc),
+                    describe(exc),
+                    spent,
+                    status=status if type(status) is int else None,
+                ) from exc
             ended = time.perf_counter()
     duration = max(0.0, ended - timeline.started - timeline.resolving)
     facts = tls_facts(ws.get_extra_info("ssl_object")) if target.url.startswith("wss:") else None

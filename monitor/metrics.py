@@ -16,7 +16,7 @@ from .process import ProcessCollector
 from .registry import Registry
 
 CONNECT_FAILURE_REASONS = (
-    "dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "other",
+    "dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "proxy", "other",
 )  # fmt: skip
 PROBE_ERROR_REASONS = (
     "api_error", "rate_limited", "unexpected_reply", "invalid_json", "send_failed",

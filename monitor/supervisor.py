@@ -15,8 +15,17 @@ from structlog.typing import FilteringBoundLogger
 from .backoff import Delay, full_jitter
 from .config import Config, TargetConfig
 from .fdbudget import Gate
-from .handshake import ConnectFailed, Opened, authenticate, connect, safe_url, tls_context
+from .handshake import (
+    ConnectFailed,
+    Opened,
+    authenticate,
+    connect,
+    safe_url,
+    tls_context,
+    tune,
+)
 from .metrics import Metrics
+from .proxy import Sessions
 from .session import INTERNAL_ERROR, Disconnect, Runtime, Session
 
 # Close codes by which a server asks clients to come back later, not at once.
@@ -52,7 +61,7 @@ class TargetRunner:
     def __init__(
         self,
         target: TargetConfig,
-        http: aiohttp.ClientSession,
+        http: Sessions,
         metrics: Metrics,
         log: FilteringBoundLogger,
         limits: ConnectLimits,
@@ -146,7 +155,11 @@ class TargetRunner:
                 tried=False,
             )
         try:
-            opened = await connect(self.http, t, self.limits.semaphore, self.tls)
+            opened = await connect(self.http.for_proxy(t.proxy), t, self.limits.semaphore, self.tls)
+            if t.proxy is not None:  # the tunnel's socket was not made by socket_factory
+                sock = opened.ws.get_extra_info("socket")
+                if sock is not None:
+                    tune(sock, self.http.tcp)
         except ConnectFailed as exc:
             fds.release()
             return exc
@@ -261,7 +274,7 @@ class Supervisor:
 
     def __init__(
         self,
-        http: aiohttp.ClientSession,
+        http: Sessions,
         metrics: Metrics,
         log: FilteringBoundLogger,
         runtime: Runtime,

@@ -83,12 +83,12 @@ def test_budget_on_a_generated_config(seed: int) -> None:
 
 
 def test_switches_move_the_count_as_documented() -> None:
-    """precreate: all adds 20 to a target with one message probe; a per-target handshake
+    """precreate: all adds 21 to a target with one message probe; a per-target handshake
     histogram 15; native histograms make each histogram one series."""
     doc = {"targets": [{"name": "a", "url": "ws://127.0.0.1:1/ws"}]}
     base = series.count(loaded(doc)).per_target["a"]
     assert base == 25
-    assert series.count(loaded({**doc, "metrics": {"precreate": "all"}})).per_target["a"] == 45
+    assert series.count(loaded({**doc, "metrics": {"precreate": "all"}})).per_target["a"] == 46
     per_target = loaded({**doc, "metrics": {"per_target_connect_histogram": True}})
     assert series.count(per_target).per_target["a"] == 40
     native = loaded({**doc, "metrics": {"histograms": "native"}})

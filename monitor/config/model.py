@@ -30,6 +30,7 @@ from .values import (
     Duration,
     Name,
     Origin,
+    ProxyURL,
     Subprotocol,
     alignment,
     parse_listen,
@@ -254,6 +255,8 @@ class TargetSettings(_Strict):
     subprotocols: list[Subprotocol] = Field(default_factory=list)
     # The upgrade's Origin header (APIs meant for browsers often check it).
     origin: Origin | None = None
+    # An HTTP proxy the connection is tunnelled through (CONNECT, for ws:// and wss://).
+    proxy: ProxyURL | None = None
     auth: AuthConfig | None = None
     rate_limits: RateLimitsConfig | None = None
     # Consecutive probe timeouts after which the connection is declared dead and closed.

@@ -210,7 +210,7 @@ def looks_secret(name: str) -> bool:
 
 def target_secrets(targets: list[TargetConfig]) -> set[str]:
     """The credentials the targets carry: header values, the auth message's strings, URL
-    passwords and query parameters whose names look secret."""
+    passwords and query parameters whose names look secret, the proxy's credentials."""
     found: set[str] = set()
     for t in targets:
         found.update(v for v in t.headers.values() if v)
@@ -220,6 +220,9 @@ def target_secrets(targets: list[TargetConfig]) -> set[str]:
         if parts.password:
             found.add(parts.password)
         found.update(v for k, v in parse_qsl(parts.query) if v and looks_secret(k))
+        if t.proxy is not None:  # the proxy's user and password
+            proxy = urlsplit(t.proxy)
+            found.update(v for v in (proxy.username, proxy.password) if v)
     return found
 
 

@@ -104,6 +104,25 @@ def _check_path(v: str) -> str:
 
 
 DottedPath = Annotated[str, AfterValidator(_check_path)]
+
+
+def _check_proxy(v: str) -> str:
+    """An HTTP proxy that tunnels with CONNECT: http://[user:password@]host:port."""
+    parts = urlsplit(v)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError("expected http://[user:password@]host:port (an HTTP CONNECT proxy)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("a proxy URL has no path or query")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("proxy port must be a number from 1 to 65535") from None
+    if port is None:
+        raise ValueError("the proxy URL needs a port (http://host:port)")
+    return v
+
+
+ProxyURL = Annotated[str, AfterValidator(_check_proxy)]
 Subprotocol = Annotated[str, AfterValidator(_check_token)]
 Origin = Annotated[str, AfterValidator(_check_origin)]
 
