@@ -16,7 +16,8 @@ COMPAT_AIOHTTP := 3.12.0
 COMPAT_STAMP   := $(COMPAT_VENV)/.installed-$(COMPAT_AIOHTTP)
 # The tests that touch the wire (connections, probes, close codes, faults, the hooks).
 WIRE_TESTS := tests/test_connection.py tests/test_faults.py tests/test_hooks.py \
-              tests/test_reconnect.py
+              tests/test_reconnect.py tests/test_streams.py tests/test_anatomy.py \
+              tests/test_proxy.py
 
 # System tools the tests drive for real; installed from Debian when missing and root.
 TOOLS    := promtool prometheus amtool systemd-analyze unshare nsenter ip
