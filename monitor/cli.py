@@ -71,8 +71,8 @@ def _check(path: str) -> int:
     print(
         f"{path}: OK: {len(cfg.targets)} targets, {probes} probes, listen {cfg.listen}; "
         f"series: {at_start.total} at start ({at_start.spread()}, {at_start.daemon} of the "
-        f"daemon's own), at most {series.ceiling(cfg)} once every known reason and common "
-        "close code has occurred"
+        f"daemon's own), at most {series.ceiling(cfg)} once every target has connected and every "
+        "known reason and common close code has occurred"
         + (f"; {native} at start scraped with native histograms" if native else "")
     )
     if at_start.total > cfg.metrics.series_warning:

@@ -9,7 +9,9 @@ once a reply carries one) come on top; `ceiling` counts them too, for the known 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from .config import Config, MetricsConfig
 from .httpguard import Guard
@@ -72,14 +74,32 @@ def census(config: Config) -> tuple[SeriesCount, SeriesCount]:
     return counted(False), counted(True)
 
 
+def phases_of(url: str) -> tuple[str, ...]:
+    """The handshake phases a connection to `url` has (`anatomy.PHASES`): no name to
+    resolve for an IP address, TLS only for wss://."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        resolve: tuple[str, ...] = ()
+    except ValueError:
+        resolve = ("resolve",)
+    return (*resolve, "connect", *(("tls",) if url.startswith("wss:") else ()), "upgrade")
+
+
 def ceiling(config: Config) -> int:
     """Series in all once every known reason has occurred and the common close codes were
-    seen, and every target has a server time offset and has been throttled, in the classic
-    exposition (a server's own close codes, 4xxx, add one each on top)."""
+    seen, and every target has connected (handshake phases, TLS facts), has a server time
+    offset, has been throttled and its streams have lag, in the classic exposition (a
+    server's own close codes, 4xxx, add one each on top)."""
     registry, metrics = _built(config, config.metrics.model_copy(update={"precreate": "all"}))
     for target in config.targets:
         tm = metrics.for_config(target)
         tm.set_time_offset(0.0)
         tm.throttled(0.0)
+        tm.handshake(0.0, dict.fromkeys(phases_of(target.url), 0.0))
+        if target.url.startswith("wss:"):
+            tm.tls("TLSv1.3", "cipher", 0.0)
+        for stream in tm.streams.values():
+            stream.lag.observe(0.0)
     daemon, per_target = registry.series_count()
     return daemon + sum(per_target.values())
