@@ -126,6 +126,8 @@ class StreamRun:
         this stream's) and wait for the first message."""
         session = self.session
         self._forget_ids()
+        if session.closed_by_us is not None:
+            return  # closing: nothing more to ask of this connection
         req_id = session.correlator.next_id()
         self.req_id = req_id
         session.streams[req_id] = self
