@@ -307,7 +307,22 @@ class Metrics:
             "counter",
             ("reason",),
         )
-        self.targets = Family(r, "wsmon_targets", "Targets configured.", "gauge").labels()
+        self.targets = Family(
+            r, "wsmon_targets", "Targets this daemon monitors (its shard's share).", "gauge"
+        ).labels()
+        self.config_targets = Family(
+            r,
+            "wsmon_config_targets",
+            "Targets in the whole configuration, whichever shard monitors them.",
+            "gauge",
+        ).labels()
+        self.shard_info = Family(
+            r,
+            "wsmon_shard_info",
+            "Always 1; labels tell this daemon's shard of the fleet.",
+            "gauge",
+            ("count", "index", "replicas"),
+        )
         self.build_info = Family(
             r,
             "wsmon_build_info",
@@ -338,6 +353,11 @@ class Metrics:
             r.collectors.register(ProcessCollector())
             PlatformCollector(registry=r.collectors)
             GCCollector(registry=r.collectors)  # registers itself where gc has stats (CPython)
+
+    def set_shard(self, index: int, count: int, replicas: int) -> None:
+        """Leave one `wsmon_shard_info` series, for this shard."""
+        self.shard_info.remove()
+        self.shard_info.labels(str(count), str(index), str(replicas)).set(1)
 
     def set_receive_path(self, path: str) -> None:
         """Leave one `wsmon_build_info` series, with `receive_path` = `path` ("hooked" or
