@@ -8,6 +8,10 @@ KIND is one of
 * ``websockets``: what a user writes instead, in the style of the ``websockets`` library's
   examples (one task per connection, ``json.dumps`` / ``await ws.recv()`` in a loop,
   ``await asyncio.sleep(interval)``);
+* ``floor-streams``: workload 7's floor, a minimal aiohttp client of subscription streams (one
+  ClientSession, one WebSocket per target at ``URL?target=tN``; per connection: send the
+  subscribe of `SUBSCRIBE` once, then ``msg = await ws.receive(); json.loads(msg.data)`` in a
+  loop, counting the messages);
 * ``wsmon``: the real ``monitor.app.Daemon`` run in this process from a config with N targets
   (one ``ping`` message probe each, correlation ``req_id``, the default handshake limit of
   50), logging into a sink that keeps only its ``hooks.*`` events. It is built with public
@@ -15,7 +19,8 @@ KIND is one of
   the harness measures it through its ``/metrics`` and ``/proc/<pid>``.
 
 The floor and websockets clients record their own round trips between the commands
-``begin`` and ``end``; the harness reads their CPU from ``/proc`` as it does the daemon's.
+``begin`` and ``end`` (the stream floor: the messages it has received so far, at each); the
+harness reads their CPU from ``/proc`` as it does the daemon's.
 Every child prints JSON lines on stdout and obeys lines on stdin: ``begin``, ``end``,
 ``sensor_start``, ``sensor_stop`` (a 1 ms event-loop lag sensor, a task of its own beside
 whatever runs in this process: it observes, it changes nothing) and ``stop``.
@@ -38,6 +43,9 @@ from typing import Any
 from .common import DiscardingStream, emit, raise_nofile, summary
 
 CONNECT_CONCURRENCY = 50  # the baselines open connections like wsmon: 50 handshakes at once
+# Workload 7's subscribe (the Deriv API's ticks stream), sent by the stream floor and by wsmon's
+# stream probe (`send`, with the req_id the daemon adds).
+SUBSCRIBE = {"ticks": "R_50", "subscribe": 1}
 HOOK_NAMES = ("stamp", "inbox")  # the fields of monitor.aiohooks.Hooks
 
 
@@ -48,6 +56,7 @@ class Recorder:
         self.on = False
         self.rtts: list[float] = []
         self.lags: list[float] = []
+        self.messages = 0  # stream messages received since the start (the stream floor)
 
     def rtt(self, seconds: float) -> None:
         if self.on:
@@ -154,6 +163,50 @@ class FloorClient:
             if json.loads(msg.data).get("req_id") == req_id:
                 rec.rtt(got - sent)
             due += interval
+
+
+def target_url(url: str, i: int) -> str:
+    """Target `i`'s URL: the server's, naming the connection (``?target=tN``)."""
+    return f"{url}?target=t{i}"
+
+
+class StreamFloorClient:
+    """One aiohttp ClientSession; per target one WebSocket, one subscribe, one receive loop."""
+
+    def __init__(self, args: argparse.Namespace, rec: Recorder) -> None:
+        self.args = args
+        self.rec = rec
+        self.tasks: list[asyncio.Task[None]] = []
+        self.open = 0
+        self.session: Any = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        slots = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def connect(i: int) -> Any:
+            async with slots:
+                ws = await self.session.ws_connect(target_url(self.args.url, i))
+            await ws.send_str(json.dumps({**SUBSCRIBE, "req_id": 1}))
+            return ws
+
+        sockets = list(await asyncio.gather(*(connect(i) for i in range(self.args.targets))))
+        self.open = len(sockets)
+        self.tasks = [asyncio.create_task(self._loop(ws)) for ws in sockets]
+
+    async def _loop(self, ws: Any) -> None:
+        from aiohttp import WSMsgType
+
+        rec = self.rec
+        loads = json.loads
+        while True:
+            msg = await ws.receive()
+            if msg.type is not WSMsgType.TEXT:
+                return
+            loads(msg.data)
+            rec.messages += 1
 
 
 # --- what a user writes instead: the websockets library ---------------------------------
@@ -337,7 +390,7 @@ async def _commands(rec: Recorder, delay_s: float) -> None:
             rec.rtts.clear()
             rec.lags.clear()
             rec.on = True
-            emit({"event": "begun", "t": time.monotonic()})
+            emit({"event": "begun", "t": time.monotonic(), "messages": rec.messages})
         elif line == "end":
             rec.on = False
             emit(
@@ -348,6 +401,7 @@ async def _commands(rec: Recorder, delay_s: float) -> None:
                     "rtt_ms": summary(rec.rtts, 1e3),
                     "rtt_excess_ms": summary([r - delay_s for r in rec.rtts], 1e3),
                     "send_lag_ms": summary(rec.lags, 1e3),
+                    "messages": rec.messages,
                 }
             )
         elif line == "sensor_start":
@@ -371,6 +425,7 @@ async def run_child(args: argparse.Namespace) -> None:
     else:
         kinds: dict[str, Callable[[argparse.Namespace, Recorder], Any]] = {
             "floor": FloorClient,
+            "floor-streams": StreamFloorClient,
             "websockets": WebsocketsClient,
         }
         client = kinds[args.kind](args, rec)
@@ -395,7 +450,7 @@ async def run_child(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.clients", description=__doc__)
-    p.add_argument("kind", choices=("floor", "websockets", "wsmon"))
+    p.add_argument("kind", choices=("floor", "floor-streams", "websockets", "wsmon"))
     p.add_argument("--url", required=True, help="the node server's ws:// URL")
     p.add_argument("--targets", type=int, required=True, help="connections / wsmon targets")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between pings")

@@ -208,7 +208,7 @@ async def _measure(
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         own1, srv1, m1 = time.process_time(), await node.stats(), machine_cpu()
         e1 = await edge(stat, read)
-    result = _figures(plan, e0, e1) | info | _counts(plan, e0, e1, sampled)
+    result = window_figures(plan, e0, e1) | info | _counts(plan, e0, e1, sampled)
     _per_round_trip(result)
     server = srv1["cpu_user_s"] + srv1["cpu_system_s"] - srv0["cpu_user_s"] - srv0["cpu_system_s"]
     result["server_cpu_s"] = server
@@ -323,7 +323,9 @@ async def _sample(
     return got
 
 
-def _figures(plan: Plan, e0: Edge, e1: Edge) -> dict[str, Any]:
+def window_figures(plan: Plan, e0: Edge, e1: Edge) -> dict[str, Any]:
+    """The process over a window between two edges: CPU (schedstat, and utime + stime),
+    wake-ups, memory."""
     cpu = e1.cpu[0] - e0.cpu[1]
     wall = e1.wall[0] - e0.wall[1]
     return {

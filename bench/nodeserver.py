@@ -3,7 +3,7 @@
 ``setup()`` installs ``bench/node/node_modules`` with ``npm ci`` when it is missing (a clear
 error when node or npm are not on PATH); ``NodeServer`` starts the server with its file
 descriptor limit raised to the hard limit, reads the port it prints, and talks to its HTTP
-stats/drop paths.
+paths: stats, drops, and for the streams (workload 7) stalls, quiet and its clock.
 """
 
 from __future__ import annotations
@@ -69,10 +69,16 @@ class NodeServer:
     """One running bench/node/server.js; use as ``async with NodeServer(...) as srv``."""
 
     def __init__(
-        self, *, delay_ms: float = 0.0, handshake_delay_ms: float = 0.0, node_dir: Path = NODE_DIR
+        self,
+        *,
+        delay_ms: float = 0.0,
+        handshake_delay_ms: float = 0.0,
+        tick_rate: float = 10.0,
+        node_dir: Path = NODE_DIR,
     ) -> None:
         self.delay_ms = delay_ms
         self.handshake_delay_ms = handshake_delay_ms
+        self.tick_rate = tick_rate
         self.node_dir = node_dir
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
@@ -101,6 +107,8 @@ class NodeServer:
             f"{self.delay_ms:g}",
             "--handshake-delay",
             f"{self.handshake_delay_ms:g}",
+            "--tick-rate",
+            f"{self.tick_rate:g}",
             cwd=self.node_dir,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -141,6 +149,25 @@ class NodeServer:
     async def drop(self, n: int, how: str = "close") -> int:
         """End `n` open connections: `close` (1001 close frame) or `terminate` (TCP reset)."""
         return int((await self._get(f"/drop?n={n}&how={how}"))["dropped"])
+
+    async def stall(self, targets: list[str], gap_ms: float) -> dict[str, Any]:
+        """The subscriptions of these targets' connections stop sending, one after another
+        `gap_ms` apart (the connections stay open); see `stalls`."""
+        return await self._get(f"/stall?targets={','.join(targets)}&gap_ms={gap_ms:g}")
+
+    async def stalls(self) -> list[dict[str, Any]]:
+        """One record per stalled stream: target, subscription, `last_sent_ms` (the server's
+        wall clock, ms, when it wrote its last tick), `stalled_ms`, `sent`."""
+        records: list[dict[str, Any]] = (await self._get("/stalls"))["records"]
+        return records
+
+    async def quiet(self) -> dict[str, Any]:
+        """Every subscription stops sending (until `reset`); the stats after it."""
+        return await self._get("/quiet")
+
+    async def clock_ms(self) -> float:
+        """The server's wall clock as it keeps it for the stall records, ms."""
+        return float((await self._get("/clock"))["wall_ms"])
 
     async def wait_open(self, n: int, within: float, at_least_total: int = 0) -> dict[str, Any]:
         """Poll until `n` connections are open (and `at_least_total` were ever accepted)."""

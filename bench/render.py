@@ -338,6 +338,109 @@ def _w6_setup(v: dict[str, Any]) -> str:
     return f"the daemon with {daemon}, Prometheus with {flag}"
 
 
+W7_LABELS = {"floor": "floor (aiohttp receive + `json.loads`)", "wsmon": "wsmon (`wsmon run`)"}
+
+
+def _w7_row(label: str, r: dict[str, Any]) -> str:
+    n = r["messages_in_cpu_window"]
+    return (
+        f"| {label} | {_loop(r)} | {r['messages']} | {fmt(r['messages_per_s'], '.0f')} "
+        f"| {fmt(r['cpu_ticks_s'], '.2f')} | {fmt(r['cpu_us_per_message'], '.2f')} "
+        f"| {fmt(r['cpu_us_per_message_schedstat'], '.2f')} "
+        f"| {fmt(r['wakeups'] / n if n else None, '.3f')} | {fmt(r['rss_kb'] / 1024, '.1f')} "
+        f"| {fmt(r['server_cpu_s'], '.2f')} | {_rest(r)} |"
+    )
+
+
+def _w7(w7: dict[str, Any]) -> list[str]:
+    f, w, st, c = w7["floor"], w7["wsmon"], w7["staleness"], w7["counts"]
+    rounds = w7["rounds"]
+    d, own = st["delay_ms"], st["daemon_own_ms"]
+    offsets = [o["offset_ms"] for pair in st["offsets_ms"] for o in pair]
+    uncertainty = max(o["uncertainty_ms"] for pair in st["offsets_ms"] for o in pair)
+    per_round = "; ".join(
+        f"{i + 1}: {fmt(r['ratio'], '.2f')}x (wsmon {fmt(r['wsmon']['cpu_us_per_message'], '.2f')}"
+        f", floor {fmt(r['floor']['cpu_us_per_message'], '.2f')} us), delay p99 "
+        f"{fmt(r['wsmon']['stale']['delay_ms'].get('p99'), '.2f')} ms"
+        for i, r in enumerate(rounds)
+    )
+    return [
+        "### 7. Streams",
+        "",
+        f"{w7['streams']} subscription streams, one per connection (a target of the daemon, "
+        f"a connection of the floor), each sent {w7['rate_per_stream']:g} messages a second by "
+        "the node server (`bench/node/server.js`, its own process): Deriv-style ticks "
+        "(`echo_req`, `msg_type: tick`, `req_id`, `subscription.id`, `tick` with `ask`, `bid`, "
+        f"`epoch`, `id`, `pip_size`, `quote`, `symbol`), {fmt(w['message_bytes_mean'], '.0f')} "
+        "bytes on average; the first at the subscribe, then each on its stream's own schedule "
+        "(so the streams' phases are spread). The clients run in turn on one server, "
+        f"{len(rounds)} round{'s' if len(rounds) != 1 else ''}, a window of "
+        f"{w['window_s'] / len(rounds):.1f} s each after "
+        "every stream flowed and a warm-up. wsmon runs as a user runs it: `python -m monitor "
+        "run --config FILE` (the `wsmon` command, from the run's copy of monitor/), default "
+        f"event loop (`--event-loop auto`: {w7['loop']}, seen mapped in the process), default "
+        f"receive path ({w['receive_path']}), its JSON log on stderr to a file; the config "
+        "gives every target one probe, `{name: ticks, kind: stream, send: {ticks: R_50, "
+        f"subscribe: 1}}, expect: {{msg_type: tick}}, max_gap: {w7['max_gap_s']:g}s}}` and no "
+        "other (`defaults.probes` replaces the default `ping`; `on_stale: report`, no "
+        "`lag_field`). The floor (`bench/clients.py floor-streams`) opens the same connections, "
+        "sends the same subscribe, then loops `msg = await ws.receive(); "
+        f"json.loads(msg.data)` per connection, on {w7['loop']} too. CPU is utime + stime from "
+        "`/proc/<pid>/stat` between the window's edges (the schedstat sum beside it), read "
+        "around the reading of the counts (wsmon: a scrape; the floor: `begin` / `end`), "
+        "over the messages it received meanwhile (wsmon: the increase of "
+        "`wsmon_stream_messages_total`; the floor: its own count). The table pools the rounds.",
+        "",
+        "| client | event loop | messages | per s | CPU s (utime + stime) | CPU us / message "
+        "| CPU us / message (schedstat) | wake-ups / message | RSS MiB | node server CPU s "
+        "| rest of the machine, CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *(_w7_row(W7_LABELS[k], w7[k]) for k in ("floor", "wsmon")),
+        "",
+        f"Per round: {per_round}. The server sent {fmt(f['server_sent'] / f['window_s'], '.0f')} "
+        f"messages a second during the floor's windows and "
+        f"{fmt(w['server_sent'] / w['window_s'], '.0f')} during wsmon's. In wsmon's windows "
+        f"(summed over the rounds): streams gone stale {w['stalls_in_window']}, stream errors "
+        f"{w['probe_errors']}, unmatched messages {w['unmatched']}, garbage collections "
+        f"{w['gc_collections']}; the last round's mean gap between a stream's messages "
+        f"{fmt(w['gap_mean_ms'], '.1f')} ms (`wsmon_stream_gap_seconds`) and event-loop lag "
+        f"p99 {fmt(w['loop_lag_p99_ms'], '.2f')} ms (`wsmon_event_loop_lag_seconds`, "
+        f"{w['loop_lag_samples']} samples, interpolated within its buckets).",
+        "",
+        f"Staleness: after its window, in every wsmon round, {st['stalled'] // len(rounds)} "
+        f"streams (every {w7['streams'] // max(1, st['stalled'] // len(rounds))}th target) "
+        f"stopped, one after another {st['stall_gap_ms']:g} ms apart: the server stopped "
+        "sending on them and kept their connections open, the other streams kept flowing. "
+        "Each one's delay is its `stream.stale` log line's timestamp (ISO 8601 with "
+        f"{st['log_timestamp_digits']} decimals, UTC: the daemon's wall clock when it logged) "
+        "minus (the server's record of when it wrote that stream's last message + `max_gap`). "
+        "The server keeps its records on `performance.timeOrigin + performance.now()`; its "
+        "offset from this process's `time.time()` was measured before and after the stops "
+        f"(the shortest of {st['clock_samples']} HTTP round trips each): "
+        f"{', '.join(f'{o:+.3f}' for o in offsets)} "
+        f"ms (uncertainty at most {uncertainty:.3f} ms), each round's mean applied. Over "
+        f"{d.get('n', 0)} stopped streams: p50 {fmt(d.get('p50'), '.2f')}, p90 "
+        f"{fmt(d.get('p90'), '.2f')}, p99 {fmt(d.get('p99'), '.2f')}, max "
+        f"{fmt(d.get('max'), '.2f')} ms, min {fmt(st['delay_min_ms'], '.2f')} ms; never "
+        f"declared stale {st['missed']}; `stream.stale` for streams that kept flowing "
+        f"{st['false_stale']}. The delay includes the message's way from the server to the "
+        "daemon's read; a negative one is a stale declared before the `max_gap` had passed by "
+        "the server's clock (the daemon's clock runs a deadline due within its resolution, "
+        "1 ms on uvloop, at once). The daemon's own view, `silent_s` - `max_gap` from the same "
+        f"lines (from its read of the last message, `silent_s` rounded to 1 ms): p50 "
+        f"{fmt(own.get('p50'), '.1f')}, p99 {fmt(own.get('p99'), '.1f')}, max "
+        f"{fmt(own.get('max'), '.1f')} ms.",
+        "",
+        "Count: then the server stopped every stream, and the daemon's "
+        "`wsmon_stream_messages_total` (summed over the targets, scraped until it equalled "
+        "the server's count or 5 s passed) was compared with the server's count of the messages it "
+        "wrote since the daemon started, per round (daemon / server): "
+        + "; ".join(f"{e['daemon_counted']} / {e['server_sent']}" for e in c["each"])
+        + f": {'equal' if c['match'] else 'NOT equal'}.",
+        "",
+    ]
+
+
 def _profile(prof: dict[str, Any]) -> list[str]:
     out = ["### Where wsmon spends CPU (workload 1 size, stock asyncio)", "", prof["note"], ""]
     if prof["top"]:
@@ -350,7 +453,7 @@ def _profile(prof: dict[str, Any]) -> list[str]:
 def details(res: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, part in (("w1", _w1), ("w2", _w2), ("w3", _w3), ("w4", _w4), ("w5", _w5),
-                      ("w6", _w6), ("profile", _profile)):  # fmt: skip
+                      ("w6", _w6), ("w7", _w7), ("profile", _profile)):  # fmt: skip
         if res.get(key):
             out += part(res[key])
     return out
@@ -447,7 +550,7 @@ def machine_text(m: dict[str, Any]) -> str:
 def render(merged: dict[str, Any]) -> str:
     """The bench.run section of RESULTS.md, from the merged results."""
     res = merged["results"]
-    keys = [k for k in ("1", "2", "3", "4", "5", "6", "profile") if k in merged["runs"]]
+    keys = [k for k in ("1", "2", "3", "4", "5", "6", "7", "profile") if k in merged["runs"]]
     out = [
         MAIN[0],
         "## Performance workloads (`bench/run.py`)",
@@ -459,7 +562,7 @@ def render(merged: dict[str, Any]) -> str:
         "the project's virtualenv (`pip install -e '.[dev]'`; Node.js >= 18 and npm on PATH, "
         "`bench/node/node_modules` is installed with `npm ci` when missing): "
         "`python -m bench.run [--quick] [--only 1,3] [--monitor-rev REV] [--profile] "
-        "[--no-write] [--json PATH]` (workloads 1 to 5 unless `--only` says otherwise), "
+        "[--no-write] [--json PATH]` (workloads 1 to 5 and 7 unless `--only` says otherwise), "
         "`python -m bench.run --only 6` for workload 6 (a real Prometheus: the `prometheus` "
         "binary on PATH; `--w6-variants classic,native`), and `python -m bench.run --only 1 "
         "--hooks-ablation` for the section after this one. `--quick` is a smoke test "

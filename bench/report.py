@@ -192,6 +192,35 @@ def _w5_handshakes(res: Results) -> Measured | None:
     return w5["max_upgrades_in_progress"], shown
 
 
+def _w7_cpu(res: Results) -> Measured | None:
+    w7 = res.get("w7")
+    if not w7:
+        return None
+    each = ", ".join(fmt(r, ".2f") for r in w7["ratio_each"])
+    n = len(w7["ratio_each"])
+    shown = (
+        f"wsmon {fmt(w7['wsmon']['cpu_us_per_message'], '.2f')} us vs floor "
+        f"{fmt(w7['floor']['cpu_us_per_message'], '.2f')} us per message (both on "
+        f"{w7['loop']}); {fmt(w7['ratio'], '.2f')}x floor (median of {n} "
+        f"round{'s' if n != 1 else ''}: {each}; pooled {fmt(w7['ratio_pooled'], '.2f')}x)"
+    )
+    return w7["ratio"], shown
+
+
+def _w7_stale(res: Results) -> Measured | None:
+    w7 = res.get("w7")
+    if not w7:
+        return None
+    st = w7["staleness"]
+    d = st["delay_ms"]
+    p99 = d.get("p99", math.inf)  # no stream declared stale at all: none measured
+    shown = (
+        f"{fmt(p99, '.1f')} ms (p50 {fmt(d.get('p50'), '.1f')}, max {fmt(d.get('max'), '.1f')} "
+        f"ms; {st['stalled']} stopped streams, {st['missed']} never declared stale)"
+    )
+    return p99, shown
+
+
 GOALS = (
     Goal("1a", 1, "CPU per probe round trip, stock asyncio", "<= 1.0x the floor",
          "wsmon (default receive path) over the floor's CPU per round trip in the same round; "
@@ -236,6 +265,17 @@ GOALS = (
          "`wsmon_connected` confirms", 30.0, _w5_time),
     Goal("5b", 5, "upgrades in progress at once", "<= 50",
          "the most the server saw at any time during start-up", 50.0, _w5_handshakes),
+    Goal("7a", 7, "CPU per stream message, 1,000 streams at 10 messages/s", "<= 1.0x the floor",
+         "utime + stime of the process (`/proc/<pid>/stat`) over the window, over the stream "
+         "messages it received meanwhile (wsmon: the increase of `wsmon_stream_messages_total`; "
+         "the floor, a bare aiohttp receive and `json.loads` loop on the same event loop: its "
+         "own count); wsmon over the floor of the same round; the median of the rounds",
+         1.0, _w7_cpu),
+    Goal("7b", 7, "staleness detection delay p99 at that load", "<= 50 ms",
+         "per stopped stream (its connection open, the others flowing): the `stream.stale` "
+         "log line's timestamp minus (the server's time of that stream's last message + "
+         "`max_gap`); p99 by nearest rank over the stopped streams of every round (one never "
+         "declared stale counts as infinitely late)", 50.0, _w7_stale),
 )  # fmt: skip
 
 
@@ -315,7 +355,31 @@ def comparisons(res: Results) -> list[Row]:
                             "", None))  # fmt: skip
     if w6 := res.get("w6"):
         rows += _w6_comparisons(w6)
+    if w7 := res.get("w7"):
+        rows += _w7_rows(w7)
     return rows
+
+
+def _w7_rows(w7: dict[str, Any]) -> list[Row]:
+    """The floor, the daemon's own view of the delays, and the two checks: the daemon
+    counted every message the server sent, and declared stale no stream that kept flowing."""
+    c, st = w7["counts"], w7["staleness"]
+    own = st["daemon_own_ms"]
+    each = "; ".join(f"{e['daemon_counted']} / {e['server_sent']}" for e in c["each"])
+    return [
+        Row("(baseline)", 7, f"floor CPU per stream message ({w7['loop']})",
+            f"{fmt(w7['floor']['cpu_us_per_message'], '.2f')} us", "", None),
+        Row("(comparison)", 7, "staleness: the daemon's own `silent_s` - `max_gap`",
+            f"p50 {fmt(own.get('p50'), '.1f')}, p99 {fmt(own.get('p99'), '.1f')}, max "
+            f"{fmt(own.get('max'), '.1f')} ms (its log rounds `silent_s` to 1 ms)", "", None),
+        Row("(check)", 7, "stream messages: the daemon's count = the server's",
+            f"{'yes' if c['match'] else 'NO'}: daemon {c['daemon_counted']}, server "
+            f"{c['server_sent']} (per round, daemon / server: {each})", "= 0 difference",
+            bool(c["match"])),
+        Row("(check)", 7, "stale declared for no stream that kept flowing",
+            f"{st['false_stale']} such `stream.stale` lines (window and stops of every round)",
+            "0", st["false_stale"] == 0),
+    ]  # fmt: skip
 
 
 def _w2_comparisons(w2: dict[str, Any]) -> list[Row]:

@@ -6,9 +6,10 @@ Run from the repository root::
                         [--json PATH] [--rounds N]
     python -m bench.run --only 6 [--quick] [--w6-variants classic,native]
     python -m bench.run --only 1 --hooks-ablation [--quick] [--rounds N]
+    python -m bench.run --only 7 [--quick]
 
-Without ``--only``, workloads 1 to 5 run; workload 6 (a real Prometheus, the ``prometheus``
-binary on PATH, a few minutes per variant) runs only when named in ``--only``.
+Without ``--only``, workloads 1 to 5 and 7 run; workload 6 (a real Prometheus, the
+``prometheus`` binary on PATH, a few minutes per variant) runs only when named in ``--only``.
 
 The workloads are in ``bench/workloads.py``, how one client is measured in
 ``bench/measure.py``, the goals and their judging in ``bench/report.py``. Every figure printed
@@ -46,8 +47,8 @@ REQUIRED = {
     "uvloop": "wsmon with the speed-ups (workload 1, the ablation)",
     "prometheus_client": "the scrape baseline (workload 3)",
 }
-WORKLOADS = {1, 2, 3, 4, 5, 6}
-DEFAULT = {1, 2, 3, 4, 5}  # workload 6 only when asked for
+WORKLOADS = {1, 2, 3, 4, 5, 6, 7}
+DEFAULT = {1, 2, 3, 4, 5, 7}  # workload 6 only when asked for
 
 
 def preflight(only: set[int], ablation: bool) -> None:
@@ -85,6 +86,8 @@ async def run_all(run: Run, profile: bool, ablation: bool) -> None:
         await workloads.workload4(run)
     if 6 in run.only:
         await workloads.workload6(run)
+    if 7 in run.only:
+        await workloads.workload7(run)
     if profile:
         await workloads.profile_wsmon(run)
 
@@ -102,7 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS_MD, help="markdown file to update")
     p.add_argument("--json", type=Path, default=None, help="also write this run's JSON here")
     p.add_argument("--profile", action="store_true", help="add a py-spy profile of wsmon")
-    p.add_argument("--rounds", type=int, default=None, help="rounds of workload 1 / ablation")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="rounds of workloads 1 and 7 / the ablation"
+    )
     p.add_argument(
         "--w6-variants",
         default=",".join(workloads.W6_VARIANTS),
@@ -118,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     only = set(DEFAULT) if args.only is None else {
         int(x) for x in args.only.split(",") if x.strip()}  # fmt: skip
     if not only <= WORKLOADS:
-        p.error("--only takes workload numbers 1 to 6")
+        p.error("--only takes workload numbers 1 to 7")
     variants = tuple(v.strip() for v in args.w6_variants.split(",") if v.strip())
     unknown = sorted(set(variants) - set(workloads.W6_VARIANTS))
     if unknown or not variants or len(set(variants)) != len(variants):
@@ -137,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.rounds is not None:
-        sizes = replace(sizes, w1_rounds=args.rounds, ablation_rounds=args.rounds)
+        sizes = replace(
+            sizes, w1_rounds=args.rounds, ablation_rounds=args.rounds, w7_rounds=args.rounds
+        )
     cmd = shlex.join([sys.executable, "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wsmon-bench-") as tmp:

@@ -1,4 +1,4 @@
-"""The six workloads, the hooks ablation and the profile; each puts its figures in
+"""The seven workloads, the hooks ablation and the profile; each puts its figures in
 `Run.results` (the report judges and renders them, see `bench.report`).
 
 1. CPU per probe round trip: 1,000 targets, 1 s interval; the clients of `W1_CLIENTS` in
@@ -17,7 +17,10 @@
 6. Prometheus cost: a real Prometheus (``bench.promserver``) scrapes a 10,000-target daemon
    every 5 s for 3 minutes, once with classic histograms and once with native ones (the
    daemon's ``metrics: {histograms: native}``, Prometheus with native histograms on); what
-   Prometheus holds and uses then, from its own ``/metrics`` and its query API.
+   Prometheus holds and uses then, from its own ``/metrics`` and its query API;
+7. streams: 1,000 subscription streams at 10 messages a second (``bench.streams``): wsmon's
+   CPU per stream message against a floor's in the same round, how soon it declares a
+   stopped stream stale, and its count of messages against the server's.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import aiohttp
 
-from . import nodeserver, promserver
+from . import nodeserver, promserver, streams
 from .common import summary
 from .harness import (
     BenchError,
@@ -87,6 +90,14 @@ class Sizes:
     w6_interval: float  # the daemon's probe interval
     w6_ingest: float  # seconds Prometheus scrapes the daemon, per variant
     w6_scrape_interval: float  # Prometheus's scrape_interval (and scrape_timeout)
+    w7_streams: int  # targets, one stream probe each (one subscription per connection)
+    w7_rate: float  # messages a second per stream, sent by the server
+    w7_max_gap: float  # the stream probe's max_gap
+    w7_warmup: float  # seconds after every stream flows, before the window
+    w7_window: float
+    w7_rounds: int  # the floor and wsmon in turn, this many times
+    w7_stalled: int  # streams stopped per wsmon round
+    w7_stall_gap_ms: float  # between one stream's stop and the next's
 
 
 FULL = Sizes(
@@ -98,6 +109,8 @@ FULL = Sizes(
     w4_targets=1000, w4_interval=1.0, w4_window=15.0, w4_delay_ms=20.0,
     handshake_delay_ms=20.0, empty_window=2.0, profile_s=20.0,
     w6_targets=10_000, w6_interval=30.0, w6_ingest=180.0, w6_scrape_interval=5.0,
+    w7_streams=1000, w7_rate=10.0, w7_max_gap=1.0, w7_warmup=5.0, w7_window=20.0,
+    w7_rounds=3, w7_stalled=100, w7_stall_gap_ms=13.0,
 )  # fmt: skip
 QUICK = Sizes(
     name="quick", warmup=0.5,
@@ -108,6 +121,8 @@ QUICK = Sizes(
     w4_targets=20, w4_interval=0.2, w4_window=2.5, w4_delay_ms=20.0,
     handshake_delay_ms=5.0, empty_window=0.3, profile_s=2.0,
     w6_targets=100, w6_interval=0.5, w6_ingest=20.0, w6_scrape_interval=2.0,
+    w7_streams=20, w7_rate=10.0, w7_max_gap=0.3, w7_warmup=0.5, w7_window=1.0,
+    w7_rounds=1, w7_stalled=4, w7_stall_gap_ms=20.0,
 )  # fmt: skip
 
 
@@ -602,6 +617,14 @@ async def _ingest(prom: promserver.PromServer, child: Child, seconds: float) -> 
             "rss_end_kb": _rss(child),
         },
     }
+
+
+# --- workload 7: streams --------------------------------------------------------------
+
+
+async def workload7(run: Run) -> None:
+    """Subscription streams: the floor and wsmon in turn (see `bench.streams`)."""
+    run.results["w7"] = await streams.measure(run.sizes, run.launcher, run.log_dir)
 
 
 # --- profile ----------------------------------------------------------------------------

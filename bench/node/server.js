@@ -6,11 +6,20 @@
  * Answers Deriv-style requests:
  *   {"ping":1,"req_id":N} -> {"echo_req":{...},"msg_type":"ping","ping":"pong","req_id":N}
  *   {"time":1,"req_id":N} -> {"echo_req":{...},"msg_type":"time","time":<epoch s>,"req_id":N}
+ *   {"ticks":"R_50","subscribe":1,"req_id":N}
+ *                         -> a tick at once, then one every 1/--tick-rate seconds, shaped as
+ *                            the Deriv API's: {"echo_req":{...},"msg_type":"tick","req_id":N,
+ *                            "subscription":{"id":S},"tick":{"ask":..,"bid":..,"epoch":..,
+ *                            "id":S,"pip_size":4,"quote":..,"symbol":"R_50"}}
+ *   {"forget":S,"req_id":N} -> ends subscription S: {"echo_req":{...},"forget":1|0,...}
  *   anything else         -> {"echo_req":{...},"error":{"code":"UnrecognisedRequest",...},...}
- * optionally after a reply delay, and counts connections and handshakes.
+ * optionally after a reply delay (not the ticks), and counts connections and handshakes.
+ * A connection is named by the `target` query parameter of its URL (ws://host:port/?target=t7;
+ * none: its number), which /stall takes.
  *
  * Usage:
  *   node server.js [--host 127.0.0.1] [--port 0] [--delay MS] [--handshake-delay MS]
+ *                  [--tick-rate PER_S]
  *   (or the environment: WSMON_BENCH_PORT, WSMON_BENCH_DELAY_MS,
  *    WSMON_BENCH_HANDSHAKE_DELAY_MS)
  *
@@ -21,6 +30,15 @@
  *   GET /reset            zero the maxima and the message counters, keep connections
  *   GET /drop?n=K&how=close|terminate
  *                         end K open connections: a 1001 close frame, or a TCP reset
+ *   GET /stall?targets=a,b,c&gap_ms=G
+ *                         the named connections' subscriptions stop sending (the connections
+ *                         stay open, and later subscriptions on them send nothing either),
+ *                         one after another G ms apart; each stall is recorded: its stream's
+ *                         last tick sent (wall clock, ms), and how many it sent
+ *   GET /stalls           those records
+ *   GET /quiet            every subscription stops sending at once (for a count of what was
+ *                         sent that no tick in flight can change); /reset ends the quiet
+ *   GET /clock            the wall clock as this process keeps it for the records (ms)
  * SIGUSR2 prints the same stats as one JSON line on stdout; SIGTERM/SIGINT end the process.
  *
  * Handshake concurrency: an upgrade is "in progress" from the `upgrade` event (request
@@ -35,6 +53,8 @@
 
 const http = require('http');
 const url = require('url');
+const crypto = require('crypto');
+const { performance } = require('perf_hooks');
 const { WebSocketServer } = require('ws');
 const WS_VERSION = require('ws/package.json').version;
 
@@ -51,6 +71,8 @@ const host = arg('--host', 'WSMON_BENCH_HOST', '127.0.0.1');
 const port = Number(arg('--port', 'WSMON_BENCH_PORT', '0'));
 const delayMs = Number(arg('--delay', 'WSMON_BENCH_DELAY_MS', '0'));
 const handshakeDelayMs = Number(arg('--handshake-delay', 'WSMON_BENCH_HANDSHAKE_DELAY_MS', '0'));
+const tickRate = Number(arg('--tick-rate', 'WSMON_BENCH_TICK_RATE', '10'));
+const tickPeriodMs = 1000 / tickRate;
 
 const counters = {
   connections_total: 0, // upgrades completed
@@ -64,7 +86,20 @@ const counters = {
   bad_requests: 0,
   closed_total: 0,
   dropped_total: 0,
+  ticks_sent: 0, // stream messages written to a socket (ws.send called on an open socket)
+  tick_bytes: 0, // their JSON text, bytes
+  subscribes: 0,
+  forgets: 0,
 };
+let subscriptionsActive = 0;
+let quiet = false; // /quiet: no subscription sends
+let stallRecords = [];
+let connectionSeq = 0;
+
+// The wall clock with sub-millisecond steps (Date.now() has whole milliseconds only).
+function wallMs() {
+  return performance.timeOrigin + performance.now();
+}
 
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clientTracking: true });
 
@@ -81,12 +116,87 @@ function stats() {
     node: process.version,
     ws: WS_VERSION,
     pid: process.pid,
+    tick_rate: tickRate,
+    subscriptions_active: subscriptionsActive,
+    quiet,
+    stalls: stallRecords.length,
   };
 }
 
 function reply(ws, text) {
   counters.replies += 1;
   ws.send(text);
+}
+
+// --- subscriptions -------------------------------------------------------------------------
+
+function tickText(sub) {
+  // A random walk, written as the Deriv API writes it (4 decimals, ask/bid around the quote).
+  sub.quote += (Math.random() - 0.5) * 0.02;
+  const q = sub.quote;
+  const epoch = Math.floor(Date.now() / 1000);
+  return `{"echo_req":${sub.echo},"msg_type":"tick"${sub.reqIdPart},"subscription":{"id":"${sub.id}"},` +
+    `"tick":{"ask":${(q + 0.01).toFixed(4)},"bid":${(q - 0.01).toFixed(4)},"epoch":${epoch},` +
+    `"id":"${sub.id}","pip_size":4,"quote":${q.toFixed(4)},"symbol":${sub.symbol}}}`;
+}
+
+function sendTick(conn, sub) {
+  sub.timer = null;
+  if (sub.ended || quiet || conn.stalled || conn.ws.readyState !== 1) return;
+  const text = tickText(sub);
+  conn.ws.send(text);
+  sub.lastSentMs = wallMs();
+  sub.sent += 1;
+  counters.ticks_sent += 1;
+  counters.tick_bytes += text.length; // ASCII: one byte a character
+  // The next one on the stream's own schedule (no drift), at least 0 ms from now.
+  sub.due += tickPeriodMs;
+  sub.timer = setTimeout(sendTick, Math.max(0, sub.due - performance.now()), conn, sub);
+}
+
+function subscribe(conn, req) {
+  counters.subscribes += 1;
+  subscriptionsActive += 1;
+  const sub = {
+    id: crypto.randomUUID(),
+    echo: JSON.stringify(req),
+    reqIdPart: req.req_id !== undefined ? `,"req_id":${JSON.stringify(req.req_id)}` : '',
+    symbol: JSON.stringify(String(req.ticks)),
+    quote: 100 + Math.random() * 100,
+    due: performance.now(),
+    sent: 0,
+    lastSentMs: null,
+    timer: null,
+    ended: false,
+  };
+  conn.subs.set(sub.id, sub);
+  sendTick(conn, sub); // the first at once, as the Deriv API answers a subscribe
+}
+
+function endSubscription(conn, sub) {
+  if (sub.ended) return;
+  sub.ended = true;
+  subscriptionsActive -= 1;
+  if (sub.timer !== null) clearTimeout(sub.timer);
+  sub.timer = null;
+  conn.subs.delete(sub.id);
+}
+
+function stall(conn) {
+  if (conn.stalled) return;
+  conn.stalled = true;
+  const at = wallMs();
+  for (const sub of conn.subs.values()) {
+    if (sub.timer !== null) clearTimeout(sub.timer);
+    sub.timer = null;
+    stallRecords.push({
+      target: conn.target,
+      subscription: sub.id,
+      last_sent_ms: sub.lastSentMs,
+      stalled_ms: at,
+      sent: sub.sent,
+    });
+  }
 }
 
 function onMessage(ws, data, isBinary) {
@@ -106,6 +216,17 @@ function onMessage(ws, data, isBinary) {
     out = { echo_req: req, msg_type: 'ping', ping: 'pong' };
   } else if ('time' in req) {
     out = { echo_req: req, msg_type: 'time', time: Math.floor(Date.now() / 1000) };
+  } else if ('ticks' in req && req.subscribe === 1) {
+    subscribe(ws.wsmonConn, req);
+    return;
+  } else if ('forget' in req) {
+    const conn = ws.wsmonConn;
+    const sub = conn.subs.get(String(req.forget));
+    if (sub !== undefined) {
+      counters.forgets += 1;
+      endSubscription(conn, sub);
+    }
+    out = { echo_req: req, forget: sub !== undefined ? 1 : 0, msg_type: 'forget' };
   } else {
     counters.bad_requests += 1;
     out = { echo_req: req, error: { code: 'UnrecognisedRequest', message: 'Unrecognised request' },
@@ -141,6 +262,12 @@ function handleHttp(req, res) {
     counters.messages = 0;
     counters.replies = 0;
     counters.bad_requests = 0;
+    counters.ticks_sent = 0;
+    counters.tick_bytes = 0;
+    counters.subscribes = 0;
+    counters.forgets = 0;
+    stallRecords = [];
+    quiet = false;
     body = stats();
   } else if (parsed.pathname === '/drop') {
     const n = Number(parsed.query.n || 1);
@@ -155,6 +282,33 @@ function handleHttp(req, res) {
     }
     counters.dropped_total += dropped;
     body = { dropped, how };
+  } else if (parsed.pathname === '/stall') {
+    const names = String(parsed.query.targets || '').split(',').filter((x) => x !== '');
+    const gapMs = Number(parsed.query.gap_ms || 0);
+    const byTarget = new Map();
+    for (const ws of wss.clients) {
+      if (ws.readyState === 1 && ws.wsmonConn) byTarget.set(ws.wsmonConn.target, ws.wsmonConn);
+    }
+    const missing = names.filter((n) => !byTarget.has(n));
+    names.forEach((n, i) => {
+      const conn = byTarget.get(n);
+      if (conn !== undefined) setTimeout(stall, i * gapMs, conn);
+    });
+    body = { scheduled: names.length - missing.length, missing, gap_ms: gapMs, at_ms: wallMs() };
+  } else if (parsed.pathname === '/stalls') {
+    body = { records: stallRecords };
+  } else if (parsed.pathname === '/quiet') {
+    quiet = true;
+    for (const ws of wss.clients) {
+      if (!ws.wsmonConn) continue;
+      for (const sub of ws.wsmonConn.subs.values()) {
+        if (sub.timer !== null) clearTimeout(sub.timer);
+        sub.timer = null;
+      }
+    }
+    body = stats();
+  } else if (parsed.pathname === '/clock') {
+    body = { wall_ms: wallMs() };
   } else {
     res.writeHead(404, { 'Content-Type': 'text/plain' });
     res.end('not found\n');
@@ -200,10 +354,19 @@ server.on('upgrade', (req, socket, head) => {
       finish();
       notPending(socket);
       counters.connections_total += 1;
+      connectionSeq += 1;
+      const target = url.parse(req.url, true).query.target;
+      ws.wsmonConn = {
+        ws,
+        target: typeof target === 'string' ? target : String(connectionSeq),
+        subs: new Map(),
+        stalled: false,
+      };
       ws.on('message', (data, isBinary) => onMessage(ws, data, isBinary));
       ws.on('error', () => {});
       ws.on('close', () => {
         counters.closed_total += 1;
+        for (const sub of [...ws.wsmonConn.subs.values()]) endSubscription(ws.wsmonConn, sub);
       });
     });
   };
@@ -235,6 +398,7 @@ server.listen({ host, port, backlog: 4096 }, () => {
       ws: WS_VERSION,
       delay_ms: delayMs,
       handshake_delay_ms: handshakeDelayMs,
+      tick_rate: tickRate,
     }) + '\n',
   );
 });
