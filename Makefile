@@ -23,7 +23,14 @@ WIRE_TESTS := tests/test_connection.py tests/test_faults.py tests/test_hooks.py 
 TOOLS    := promtool prometheus amtool systemd-analyze unshare nsenter ip
 PACKAGES := prometheus prometheus-alertmanager systemd util-linux iproute2
 
-.PHONY: run test lint typecheck pytest test-compat tools bench lock proto clean
+# For tests/test_kubernetes.py: kubectl renders deploy/kubernetes (where there is none,
+# Debian's kubernetes-client, kubectl 1.20 with kustomize v2: only then, as its
+# /usr/bin/kubectl clashes with other packages'), and npm brings the prometheus-operator CRD
+# schema the PodMonitor is validated against (locked in the folder's package-lock.json).
+SCHEMA_CHECK := deploy/kubernetes/schema-check
+SCHEMA_STAMP := $(SCHEMA_CHECK)/node_modules/.installed
+
+.PHONY: run test lint typecheck pytest test-compat tools kubectl-tool bench lock proto clean
 
 run: $(RUN_STAMP)
 	$(BIN)/wsmon demo $(ARGS)
@@ -62,8 +69,25 @@ tools:
 	  fi; \
 	fi
 
-pytest: $(DEV_STAMP) tools
+kubectl-tool:
+	@command -v kubectl >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing kubectl (Debian: kubernetes-client)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends kubernetes-client >/dev/null; \
+	else \
+	  echo "missing: kubectl; install the Debian package kubernetes-client" >&2; exit 1; \
+	fi
+
+pytest: $(DEV_STAMP) tools kubectl-tool $(SCHEMA_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+$(SCHEMA_STAMP): $(SCHEMA_CHECK)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(SCHEMA_CHECK) --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+	  echo "npm is missing: tests/test_kubernetes.py cannot check the PodMonitor's schema" >&2; \
+	fi
 
 # The wire tests once more, against the oldest aiohttp the range admits.
 $(COMPAT_STAMP): pyproject.toml
