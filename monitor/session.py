@@ -75,7 +75,12 @@ class Inbox:
         self.items = []
         self.scheduled = False
         for session, msg, received in items:
-            session.from_inbox(msg, received)
+            if session._ended:  # as a message left in aiohttp's queue when the loop ended
+                continue
+            try:
+                session.handle(msg.type, msg.data, received)
+            except Exception as exc:  # a fault of ours on that connection: it ends (1011)
+                session.fail(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,34 +275,25 @@ class Session:
         self.runtime.inbox.put(self, msg, reads.at if reads is not None else time.perf_counter())
         return True
 
-    def from_inbox(self, msg: WSMessage, received: float) -> None:
-        """The inbox's turn for a message `to_inbox` handed over."""
-        if self._ended:
-            return  # as a message left in aiohttp's queue when the loop ended
-        try:
-            self.handle(msg.type, msg.data, received)
-        except Exception as exc:
-            self.fail(exc)
-
     def handle(self, kind: WSMsgType, data: Any, received: float) -> bool:
         """Handle a message that needs no await (read at `received`); False for the others."""
         if kind is WSMsgType.TEXT:
-            self.m.messages_received.inc()
+            self.m.messages_received.value += 1.0  # (Series.inc without the call)
             message = parse(data)
+            if self.streams and message is not None:  # a stream's message is the usual one
+                stream = self._stream_of(message)
+                if stream is not None:
+                    stream.on_message(message, received)
+                    return True
             found = self.correlator.match(message)
             if isinstance(found, str):
-                if message is not None:
-                    if self.streams:
-                        stream = self._stream_of(message)
-                        if stream is not None:
-                            stream.on_message(message, received)
-                            return True
-                    if (
-                        found == "missing_id"
-                        and self.correlator.field not in message
-                        and not self.correlator.waiting
-                    ):
-                        found = "unsolicited"  # a push: no id, and no request waits
+                if (
+                    found == "missing_id"
+                    and message is not None
+                    and self.correlator.field not in message
+                    and not self.correlator.waiting
+                ):
+                    found = "unsolicited"  # a push: no id, and no request waits
                 self.m.unmatched[found].inc()
             else:
                 found.answer(Reply(received, message, data))
@@ -315,8 +311,8 @@ class Session:
     def _stream_of(self, message: dict[str, Any]) -> StreamRun | None:
         """The stream a message belongs to: by its subscribe's id echoed in it, else by its
         `subscription.id`."""
-        key = message.get(self.correlator.field or "")
-        if type(key) is int:
+        key = message.get(self.correlator.field)  # type: ignore[arg-type]
+        if type(key) is int:  # (`true` == 1 and 1.0 == 1 are not ids)
             stream = self.streams.get(key)
             if stream is not None:
                 return stream

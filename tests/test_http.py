@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from wsserver import WSTestServer
 
 from monitor import series
-from monitor.metrics import Metrics
+from monitor.metrics import CONNECT_BUCKETS, CONNECT_FAILURE_REASONS, Metrics
 from monitor.registry import Registry
 
 CONTRACT_FAMILIES = {
@@ -72,7 +72,7 @@ async def test_endpoints(precreate: str, server: WSTestServer, start_daemon: Sta
         (s.name, tuple(sorted(s.labels.items()))) for f in families.values() for s in f.samples
     }
     every = precreate == "all"
-    for reason in ("dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "other"):
+    for reason in CONNECT_FAILURE_REASONS:
         key = ("wsmon_connect_failures_total", (("reason", reason), ("target", "t")))
         assert (key in samples) == (every or reason == "resource"), key
     for reason in ("api_error", "rate_limited", "unexpected_reply", "invalid_json", "send_failed"):
@@ -88,7 +88,9 @@ async def test_endpoints(precreate: str, server: WSTestServer, start_daemon: Sta
     # what check-config says this config exports is what the daemon exports
     counted = series.count(h.daemon.config)
     assert counted.per_target == {"t": len(per_target)}
-    later = [x for x in samples_text if "time_offset" in x]  # made by a reply, not at start
+    # made later, not at start: by a reply, by the first handshake (its phases)
+    later = [x for x in samples_text if "time_offset" in x or "connect_phase" in x]
+    assert len([x for x in later if "connect_phase" in x]) == 2 * (len(CONNECT_BUCKETS) + 3)
     assert counted.daemon == len(samples_text) - len(per_target) - len(later)
     assert not any(s[0].endswith("_created") for s in samples)
     assert h.value("wsmon_targets") == 1
