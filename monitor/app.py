@@ -9,22 +9,19 @@ import signal
 import time
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from . import config as config_mod
 from . import fdbudget, ratelimits, selftest
 from .aiohooks import Hooks
-from .anatomy import trace_config
 from .clock import LagSampler
 from .collector import FREEZE_EVERY, Collector
 from .config import Config, ConfigError, parse_listen
-from .exposition import build_app
-from .handshake import socket_factory
+from .exposition import ProbeEndpoint, build_app
 from .httpguard import Guard
 from .log import Logging
 from .metrics import Metrics
-from .proxy import Sessions
+from .proxy import Sessions, client_sessions
 from .registry import Registry
 from .session import Runtime
 from .supervisor import Supervisor
@@ -67,6 +64,7 @@ class Daemon:
         self.rng = rng
         self.stop_timeout = stop_timeout
         self.http: Sessions | None = None  # the HTTP client sessions (one per proxy)
+        self.probes: ProbeEndpoint | None = None
         self.supervisor: Supervisor | None = None
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
@@ -109,25 +107,9 @@ class Daemon:
         self.metrics.set_receive_path(self.hooks.receive_path)
         self.runtime = Runtime.create(asyncio.get_running_loop(), self.hooks)
         self.runtime.clock.alignment = self.config.send_alignment
-        tcp = self.config.tcp
-
-        def session(connector: aiohttp.BaseConnector | None) -> aiohttp.ClientSession:
-            return aiohttp.ClientSession(
-                # The default limit of 100 would silently stall the 101st WebSocket.
-                connector=connector
-                or aiohttp.TCPConnector(
-                    limit=0,
-                    limit_per_host=0,
-                    enable_cleanup_closed=True,
-                    socket_factory=socket_factory(tcp),
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trace_configs=[trace_config()],
-                timeout=aiohttp.ClientTimeout(total=None),
-                auto_decompress=False,
-            )
-
-        self.http = Sessions(session, tcp)
+        self.http = client_sessions(self.config.tcp)
+        self.probes = ProbeEndpoint(self.config.tcp, self.log)  # GET /probe
+        self.probes.configure(self.config.probe_endpoint)
         self.supervisor = Supervisor(
             self.http,
             self.metrics,
@@ -170,6 +152,7 @@ class Daemon:
                 [self._guard.middleware, self.web.middleware],
                 [self.web.add_headers],
                 histograms=self.metrics.options.histograms,
+                probes=self.probes,
             ),
             access_log=None,
             handle_signals=False,
@@ -216,8 +199,13 @@ class Daemon:
         assert self.supervisor is not None
         assert self._guard is not None
         limit = fdbudget.raise_limit()
+        # GET /probe's connections to its targets come out of the HTTP side's reserve too.
+        probing = config.probe_endpoint.max_concurrent if config.probe_endpoint else 0
         budget = fdbudget.budget(
-            config, limit, self._fds_held, http_connections=self._guard.limits.max_connections
+            config,
+            limit,
+            self._fds_held,
+            http_connections=self._guard.limits.max_connections + probing,
         )
         self.supervisor.limits.fds.allowed = budget.allowed
         if budget.short:
@@ -280,6 +268,8 @@ class Daemon:
         self.logging.redactor.secrets |= new.secrets
         self.logging.level.level = self.log_level_override or new.log.level
         self.runtime.clock.alignment = new.send_alignment  # for connections opened from now on
+        if self.probes is not None:
+            self.probes.configure(new.probe_endpoint)
         if new.metrics != self.metrics.options:
             self.log.warning(
                 "config.restart_needed",
@@ -346,6 +336,8 @@ class Daemon:
             self._server.close()  # no new connections; those open are closed by the runner
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.probes is not None:  # after the runner: no /probe is running any more
+            await self.probes.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):  # a client that will not let go
                 async with asyncio.timeout(self.stop_timeout):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from . import __version__, fdbudget, ratelimits, series, speedups
+from pydantic import ValidationError
+
+from . import __version__, fdbudget, oneshot, ratelimits, series, speedups
 from . import config as config_mod
 from .app import Daemon, serve
-from .config import ConfigError
+from .config import ConfigError, TargetConfig
 from .log import LEVELS, Logging
 from .systemd import Notifier
 from .web import WebConfigError
@@ -55,6 +61,37 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="monitor an embedded simulated Deriv-style API")
     daemon_flags(demo)
+
+    probe = sub.add_parser(
+        "probe",
+        help="connect once, time the handshake and round trips, close (exit 0: all good)",
+        description="Connect to URL once, time each phase of the handshake, send the probe "
+        "COUNT times, close with 1000. Exit 0 when every round trip succeeded, 1 otherwise, "
+        "2 for usage errors.",
+    )
+    probe.add_argument("url", metavar="URL", help="ws:// or wss:// URL")
+    what = probe.add_mutually_exclusive_group()
+    what.add_argument("--send", metavar="JSON", help='JSON object to send (default {"ping": 1})')
+    what.add_argument("--ws-ping", action="store_true", help="send protocol ping frames instead")
+    probe.add_argument(
+        "--expect", metavar="JSON", help="subset the reply must contain (default with the "
+        'default --send: {"msg_type": "ping"})',
+    )  # fmt: skip
+    probe.add_argument("--count", type=int, default=1, metavar="N", help="round trips (1)")
+    probe.add_argument("--interval", default="1s", metavar="DUR", help="between rounds (1s)")
+    probe.add_argument(
+        "--timeout", default="10s", metavar="DUR",
+        help="deadline of the run and of each reply (10s); with --count N the run may take "
+        "(N-1) intervals more",
+    )  # fmt: skip
+    probe.add_argument(
+        "--header", action="append", default=[], metavar="NAME:VALUE", help="upgrade header"
+    )
+    probe.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust (wss)")
+    probe.add_argument("--insecure", action="store_true", help="no certificate check (wss)")
+    probe.add_argument("--proxy", metavar="URL", help="HTTP CONNECT proxy, http://host:port")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.set_defaults(usage=probe)
     return p
 
 
@@ -132,10 +169,87 @@ def _serve(daemon: Daemon, announce: str | None, event_loop: str = "auto") -> in
         return 130
 
 
+def _probe(args: argparse.Namespace) -> int:
+    try:
+        target = _probe_target(args)
+    except ValueError as exc:
+        args.usage.error(str(exc))  # exits 2
+    timeout = target.connect_timeout
+    interval = config_mod.parse_duration(args.interval)
+    return asyncio.run(oneshot.run_command(target, timeout, args.count, interval, args.json))
+
+
+# Where a problem of the target `wsmon probe` builds came from on its command line.
+_FLAGS = {"url": "URL", "headers": "--header", "proxy": "--proxy", "tls": "--ca-file/--insecure"}
+
+
+def _probe_target(args: argparse.Namespace) -> TargetConfig:
+    """The target `wsmon probe` runs, from its flags; ValueError names the flag at fault."""
+
+    def duration(flag: str, value: str) -> float:
+        try:
+            return config_mod.parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+
+    def json_object(flag: str, text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{flag}: not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{flag}: expected a JSON object, like '{{\"ping\": 1}}'")
+        return value
+
+    timeout = duration("--timeout", args.timeout)
+    duration("--interval", args.interval)
+    if args.count < 1:
+        raise ValueError("--count: must be at least 1")
+    headers: dict[str, str] = {}
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--header {header!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    probe: dict[str, Any]
+    if args.ws_ping:
+        if args.expect is not None:
+            raise ValueError("--expect: a ws-ping probe is answered by a pong frame")
+        probe = {"name": "ws-ping", "kind": "ws-ping"}
+    else:
+        send = {"ping": 1} if args.send is None else json_object("--send", args.send)
+        expect = None if args.expect is None else json_object("--expect", args.expect)
+        if args.send is None and expect is None:
+            expect = {"msg_type": "ping"}
+        first = next(iter(send), "")
+        name = first if re.fullmatch(r"[a-zA-Z0-9_.-]+", first) else "message"
+        probe = {"name": name, "send": send, "expect": expect}
+    # (`interval` is not used: rounds are --interval apart; a probe's must exceed its timeout)
+    probe.update(timeout=timeout, interval=2 * timeout)
+    doc: dict[str, Any] = {
+        "name": "probe", "url": args.url, "headers": headers, "probes": [probe],
+        "connect_timeout": timeout, "proxy": args.proxy,
+    }  # fmt: skip
+    if args.ca_file is not None or args.insecure:
+        doc["tls"] = {"ca_file": args.ca_file, "insecure_skip_verify": args.insecure}
+    try:
+        return TargetConfig.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = err["loc"]
+        flag = _FLAGS.get(str(loc[0]), "URL") if loc else "--ca-file/--insecure"
+        if loc and loc[0] == "probes":
+            flag = "--expect" if "expect" in loc else "--send"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{flag}: {message}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check(args.file)
+    if args.command == "probe":
+        return _probe(args)
     if args.command == "run":
         return _run(args)
     from .demo import run_demo

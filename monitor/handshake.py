@@ -6,19 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
-from aiohttp.connector import AddrInfoType
 
 from .anatomy import Timed, TLSFacts, client_context, tls_facts
-from .config import TargetConfig, TCPConfig
+from .config import TargetConfig
 from .correlation import Correlator
 from .fdbudget import is_resource_error
 from .log import redact_url
@@ -103,34 +99,6 @@ def tls_context(target: TargetConfig) -> ssl.SSLContext | bool:
     return client_context(t.ca_file, t.insecure_skip_verify, cert)
 
 
-def socket_factory(tcp: TCPConfig) -> Callable[[AddrInfoType], socket.socket]:
-    """Sockets with TCP keepalive and TCP_USER_TIMEOUT, so that a peer that vanished
-    without a FIN or RST (a black hole) fails the connection even when no probe runs."""
-
-    def make(addr_info: AddrInfoType) -> socket.socket:
-        family, type_, proto, _, _ = addr_info
-        sock = socket.socket(family, type_, proto)
-        tune(sock, tcp)
-        return sock
-
-    return make
-
-
-def tune(sock: Any, tcp: TCPConfig) -> None:
-    """Set the keepalive options on a socket (also on a connected one: a proxy's tunnel)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(tcp.keepalive_idle)))
-        sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(tcp.keepalive_interval))
-        )
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, tcp.keepalive_count)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(tcp.user_timeout * 1000))
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class Opened:
     """An open WebSocket and how its handshake went."""
@@ -193,11 +161,13 @@ async def connect(
     return Opened(ws, duration, timeline.phases(ended), facts)
 
 
-async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: TargetMetrics) -> None:
+async def authenticate(
+    ws: ClientWebSocketResponse, target: TargetConfig, m: TargetMetrics | None = None
+) -> None:
     """Send the target's auth message and wait for a good reply, before any probe runs.
 
     Raises ConnectFailed("auth", ...) after closing the connection; the message itself
-    (a credential) is never part of the error.
+    (a credential) is never part of the error. The messages read count in `m`, if given.
     """
     auth = target.auth
     assert auth is not None
@@ -217,12 +187,14 @@ async def authenticate(ws: ClientWebSocketResponse, target: TargetConfig, m: Tar
                     await ws.pong(msg.data)
                     continue
                 if msg.type is WSMsgType.BINARY:
-                    m.messages_received.inc()
+                    if m is not None:
+                        m.messages_received.inc()
                     continue
                 if msg.type is not WSMsgType.TEXT:
                     problem = "connection closed before the auth reply"
                     break
-                m.messages_received.inc()
+                if m is not None:
+                    m.messages_received.inc()
                 message = parse(msg.data)
                 if target.correlation_field is not None:
                     key = None if message is None else message.get(target.correlation_field)

@@ -1,6 +1,6 @@
-"""Targets reached through an HTTP proxy: a tunnel by CONNECT for ws:// as for wss://, as RFC
-6455 section 4.1 asks (aiohttp's own `proxy=` sends a plain `GET ws://...` for ws://, which
-CONNECT-only proxies refuse).
+"""The HTTP client sessions connections are opened on: direct, or through an HTTP proxy by a
+CONNECT tunnel, for ws:// as for wss://, as RFC 6455 section 4.1 asks (aiohttp's own `proxy=`
+sends a plain `GET ws://...` for ws://, which CONNECT-only proxies refuse).
 
 The tunnel is `aiohttp_socks`'s connector (its HTTP proxy type always tunnels with CONNECT),
 one `ClientSession` per proxy, made when a target first needs it. TLS to the target runs
@@ -15,7 +15,10 @@ from typing import Any
 import aiohttp
 from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError
 
+from .anatomy import trace_config
 from .config import TCPConfig
+from .log import redact_url
+from .sockets import socket_factory
 
 # What a failed tunnel raises (the proxy refused CONNECT, could not be reached, timed out).
 TUNNEL_ERRORS = (ProxyConnectionError, ProxyError, ProxyTimeoutError)
@@ -53,3 +56,49 @@ def tunnel(proxy: str, **connector: Any) -> ProxyConnector:
     """A connector that opens every connection as a CONNECT tunnel through `proxy`
     (http://[user:password@]host:port); the target's name is resolved by the proxy."""
     return ProxyConnector.from_url(proxy, rdns=True, limit=0, limit_per_host=0, **connector)
+
+
+def client_sessions(tcp: TCPConfig) -> Sessions:
+    """Sessions with the settings every WebSocket of wsmon is opened with: no connection
+    limit (the default of 100 would silently stall the 101st WebSocket), sockets with the
+    `tcp` keepalive options, the handshake's phases traced, no cookies, no decompression,
+    and redirects not followed."""
+
+    def make(connector: aiohttp.BaseConnector | None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector
+            or aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=0,
+                enable_cleanup_closed=True,
+                socket_factory=socket_factory(tcp),
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[trace_config(), no_redirects()],
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+        )
+
+    return Sessions(make, tcp)
+
+
+def no_redirects() -> aiohttp.TraceConfig:
+    """An upgrade answered with a redirect fails, as in browsers, rather than being
+    followed: a connection goes to the URL configured (or allowed, for GET /probe), and its
+    headers and auth message to no other host."""
+
+    async def redirected(_: Any, __: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
+        response = params.response
+        response.close()
+        where = redact_url(response.headers.get("Location", ""))
+        raise aiohttp.ClientResponseError(
+            response.request_info,
+            response.history,
+            status=response.status,
+            message=f"redirect to {where} not followed",
+        )
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(redirected)
+    trace.freeze()
+    return trace

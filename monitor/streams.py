@@ -56,6 +56,19 @@ def _mentions_id(template: Any) -> bool:
     return False
 
 
+def unsubscribe_message(probe: ProbeConfig, sid: str | None) -> dict[str, Any] | None:
+    """What ends a stream's subscription `sid` (its `unsubscribe`, with the id filled in; by
+    default the Deriv API's `forget`), or None: nothing to send, or the id it needs unknown."""
+    template = probe.unsubscribe
+    if template is False:
+        return None
+    if template is None:
+        return {"forget": sid} if sid is not None else None
+    if _mentions_id(template):
+        return _fill(template, sid) if sid is not None else None
+    return dict(template)
+
+
 def dig(message: dict[str, Any], path: Sequence[str]) -> Any:
     """The value at a dotted path (already split) of nested objects, or None."""
     value: Any = message
@@ -156,7 +169,7 @@ class StreamRun:
     def unsubscribe(self) -> None:
         """End the subscription on the server (when the probe has an unsubscribe message and
         the id it needs is known); its reply is expected, not counted as unmatched."""
-        message = self._unsubscribe_message()
+        message = unsubscribe_message(self.probe, self.subscription_id)
         self._forget_ids()
         if message is None or self.session.ws.closed:
             return
@@ -172,17 +185,6 @@ class StreamRun:
             )
         self._write(json.dumps(message, separators=(",", ":")))
         self.log.debug("stream.unsubscribe", target=session.target.name, probe=self.probe.name)
-
-    def _unsubscribe_message(self) -> dict[str, Any] | None:
-        template = self.probe.unsubscribe
-        sid = self.subscription_id
-        if template is False:
-            return None
-        if template is None:
-            return {"forget": sid} if sid is not None else None
-        if _mentions_id(template):
-            return _fill(template, sid) if sid is not None else None
-        return dict(template)
 
     def _unsubscribed(self, pending: Pending, _: Reply) -> None:
         """The reply to an unsubscribe: expected, nothing to record."""

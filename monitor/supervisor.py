@@ -22,11 +22,11 @@ from .handshake import (
     connect,
     safe_url,
     tls_context,
-    tune,
 )
 from .metrics import Metrics
 from .proxy import Sessions
 from .session import INTERNAL_ERROR, Disconnect, Runtime, Session
+from .sockets import tune
 
 # Close codes by which a server asks clients to come back later, not at once.
 TRY_AGAIN_LATER = frozenset({1012, 1013})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -350,3 +351,129 @@ async def test_prometheus_takes_the_protobuf_exposition(
             assert await query(http, rules["WsmonEventLoopLagging"].replace("> 0.1", ">= 0"))
     finally:
         await server.stop()
+
+
+# --- /probe: the multi-target job and the prometheus-operator Probe ----------------------------
+
+PROBE_JOB = PROM / "probe.yml"
+PROBE_CR = PROM / "probe-operator.yaml"
+# The prometheus-operator CRD schema check that `make test` installs (tests/test_kubernetes.py).
+SCHEMA_CHECK = ROOT / "deploy/kubernetes/schema-check"
+
+
+def probe_job() -> dict[str, Any]:
+    (job,) = yaml.safe_load(PROBE_JOB.read_text())["scrape_configs"]
+    return dict(job)
+
+
+class TestProbeJob:
+    def test_promtool_checks_the_probe_job(self) -> None:
+        """`promtool check config` accepts the multi-target job."""
+        proc = run(tool("promtool", "prometheus"), "check", "config", "probe.yml", cwd=PROM)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def test_the_job_relabels_as_blackbox_does(self) -> None:
+        """/probe with a module; the URL becomes the `target` parameter and the instance,
+        and the request goes to wsmon."""
+        job = probe_job()
+        assert job["metrics_path"] == "/probe"
+        assert job["params"] == {"module": ["deriv_ping"]}
+        assert job["relabel_configs"][:2] == [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+        ]
+        assert job["relabel_configs"][2]["target_label"] == "__address__"
+
+    def test_operator_probe_says_the_same(self) -> None:
+        """The `Probe` example names the same module, job, prober path and targets."""
+        doc = yaml.safe_load(PROBE_CR.read_text())
+        assert (doc["apiVersion"], doc["kind"]) == ("monitoring.coreos.com/v1", "Probe")
+        spec, job = doc["spec"], probe_job()
+        assert spec["jobName"] == job["job_name"]
+        assert [spec["module"]] == job["params"]["module"]
+        assert spec["prober"]["path"] == "/probe"
+        assert spec["prober"]["url"].endswith(":9815")
+        assert spec["targets"]["staticConfig"]["static"] == job["static_configs"][0]["targets"]
+        assert spec["scrapeTimeout"] == job["scrape_timeout"]
+        assert set(spec) <= {"jobName", "module", "interval", "scrapeTimeout", "prober", "targets"}
+
+    def test_operator_probe_matches_the_crd_schema(self) -> None:
+        """The `Probe` example validates against the Probe CRD's schema (the operator's API
+        types as generated validators, the npm package `make test` installs for the
+        PodMonitor too), and a broken one does not."""
+        node = shutil.which("node")
+        validator = SCHEMA_CHECK / "node_modules/@kubernetes-models/prometheus-operator"
+        if node is None or not validator.is_dir():
+            message = "node and `npm ci --prefix deploy/kubernetes/schema-check` (`make test`)"
+            if os.environ.get("CI"):
+                pytest.fail(f"{message} are needed")
+            pytest.skip(f"{message} are needed")
+
+        def check(doc: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [node, str(SCHEMA_CHECK / "validate.mjs")],
+                input=json.dumps([doc]), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+
+        doc = yaml.safe_load(PROBE_CR.read_text())
+        proc = check(doc)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        doc["spec"]["interval"] = 30
+        del doc["spec"]["prober"]["url"]
+        proc = check(doc)
+        assert proc.returncode == 1, proc.stdout
+        assert "spec/interval must be string" in proc.stdout
+        assert "prober must have required property url" in proc.stdout
+
+
+class ProbePrometheus(Prometheus):
+    """A real Prometheus whose one job is `job` (1 s scrapes), with the helpers of
+    `Prometheus`."""
+
+    def __init__(self, tmp: Path, job: dict[str, Any]) -> None:
+        self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump({"scrape_configs": [job]}))
+        self.proc = subprocess.Popen(
+            [tool("prometheus", "prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.base = f"http://127.0.0.1:{self.port}"
+
+
+# How Prometheus reaches the daemon is the subject here, not the receive path.
+@pytest.mark.parametrize("receive_path", ["hooked"], indirect=True)
+async def test_prometheus_probes_through_the_relabelling(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """A real Prometheus running deploy/prometheus/probe.yml's job (targets and wsmon's
+    address put in, scrapes shortened) records probe_success per URL: 1 for a server that
+    answers, 0 for a closed port, each with its URL as `instance`."""
+    module = {"probes": [{"name": "ping", "send": {"ping": 1}, "timeout": "300ms"}]}
+    async with WSTestServer() as server:
+        h = await start_daemon(
+            probe_endpoint={
+                "allowed_targets": ["ws://127.0.0.1:*"],
+                "modules": {"deriv_ping": module},
+            }
+        )
+        closed = f"ws://127.0.0.1:{free_port()}/ws"
+        job = probe_job()
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        job["static_configs"] = [{"targets": [server.url, closed]}]
+        job["relabel_configs"][2]["replacement"] = f"127.0.0.1:{h.daemon.port}"
+        prom = ProbePrometheus(tmp_path / "prom", job)
+        try:
+
+            async def results(http: aiohttp.ClientSession) -> Any:
+                body = await prom.get(http, "/api/v1/query", query="probe_success")
+                found = body["data"]["result"]
+                return found if len(found) == 2 else None
+
+            found = await prom.until(results, "probe_success of both URLs")
+        finally:
+            prom.stop()
+    by_instance = {r["metric"]["instance"]: r["value"][1] for r in found}
+    assert by_instance == {server.url: "1", closed: "0"}
+    assert {r["metric"]["job"] for r in found} == {"wsmon_probe"}

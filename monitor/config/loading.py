@@ -15,7 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .model import Config, RawConfig, ReconnectConfig, TargetConfig, TargetSettings
+from .model import (
+    Config,
+    ProbeEndpointConfig,
+    RawConfig,
+    ReconnectConfig,
+    TargetConfig,
+    TargetSettings,
+)
 from .sources import (
     MAX_CONFIG_BYTES,
     expand_env,
@@ -87,7 +94,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
     targets: list[TargetConfig] = []
     names: dict[str, int] = {}
     problems.extend(_check_reconnect(raw.defaults.reconnect, "defaults.reconnect"))
-    if not raw_targets and not problems:
+    if not raw_targets and not problems and raw.probe_endpoint is None:
         problems.append("targets: at least one target is required")
     for i, item in enumerate(raw_targets):
         where = f"targets[{i}]"
@@ -117,8 +124,10 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         _share(target, raw.defaults, targets[0] if targets else target)
         targets.append(target)
 
+    probe_endpoint = _probe_endpoint(raw.probe_endpoint, problems)
     if problems:
         raise ConfigError(_without_follow_ups(problems), source)
+    module_secrets = _module_secrets(probe_endpoint)
     return Config(
         listen=raw.listen,
         log=raw.log,
@@ -130,8 +139,43 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         http=raw.http,
         metrics=raw.metrics,
         targets=tuple(targets),
-        secrets=frozenset(s for s in used_env | target_secrets(targets) if len(s) >= 4),
+        secrets=frozenset(
+            s for s in used_env | target_secrets(targets) | module_secrets if len(s) >= 4
+        ),
         source=source,
+        probe_endpoint=probe_endpoint,
+    )
+
+
+def _probe_endpoint(
+    endpoint: ProbeEndpointConfig | None, problems: list[str]
+) -> ProbeEndpointConfig | None:
+    """The /probe block with each module's `headers_file` read into its headers."""
+    if endpoint is None:
+        return None
+    modules = dict(endpoint.modules)
+    for name, module in endpoint.modules.items():
+        if module.headers_file is None:
+            continue
+        where = f"probe_endpoint.modules.{name}.headers_file"
+        from_file = read_headers_file(module.headers_file, where)
+        if isinstance(from_file, str):
+            problems.append(from_file)
+            continue
+        modules[name] = module.model_copy(update={"headers": {**from_file, **module.headers}})
+    return endpoint.model_copy(update={"modules": modules})
+
+
+def _module_secrets(endpoint: ProbeEndpointConfig | None) -> set[str]:
+    """The credentials the /probe modules carry, found as a target's are (a module is a
+    target without its name and URL)."""
+    if endpoint is None:
+        return set()
+    return target_secrets(
+        [
+            TargetConfig.model_construct(**module.__dict__, name=name, url="")
+            for name, module in endpoint.modules.items()
+        ]
     )
 
 
@@ -219,6 +263,8 @@ def _format_errors(exc: ValidationError, model: type[BaseModel], prefix: str) ->
 def _format_loc(prefix: str, loc: tuple[int | str, ...]) -> str:
     path = prefix
     for part in loc:
+        if part == "[key]":  # a mapping's key (a module's name): the path names it already
+            continue
         path = f"{path}[{part}]" if isinstance(part, int) else join_path(path, part)
     return path
 
@@ -226,14 +272,17 @@ def _format_loc(prefix: str, loc: tuple[int | str, ...]) -> str:
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The model class whose field set applies at `loc` (to suggest the right key names)."""
     current: Any = model
+    keyed = False  # the previous part was a mapping of models (`modules`): this is its key
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(part)
         if field is None:
             return None
+        keyed = getattr(field.annotation, "__origin__", None) is dict
         current = _unwrap(field.annotation)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
