@@ -8,6 +8,7 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from .metrics import Metrics
 from .proxy import Sessions, client_sessions
 from .registry import Registry
 from .session import Runtime
+from .sharding import Fixed
 from .supervisor import Supervisor
 from .systemd import Notifier
 from .web import WebSecurity
@@ -51,6 +53,7 @@ class Daemon:
         web_poll_interval: float = 2.0,
         receive_path: str = "auto",
         hooks: Hooks | None = None,
+        shard: Fixed | None = None,
     ) -> None:
         self.config = config
         self.logging = logging
@@ -84,6 +87,11 @@ class Daemon:
         # `hooks` skips the self-test (tests decide once per process).
         self.receive_path = receive_path
         self.hooks = hooks
+        # The command line's shard wins over the config's `sharding` (which a reload may
+        # change otherwise); `owned` is the config with this shard's targets only.
+        self.shard_flags = shard or Fixed()
+        self.shard = self.shard_flags.resolve(config)
+        self.owned = self.shard.owned(config)
         self.runtime: Runtime | None = None
         self._web_watch: asyncio.Task[None] | None = None
         self._gc_task: asyncio.Task[None] | None = None
@@ -126,17 +134,30 @@ class Daemon:
         # What the daemon holds before its targets: the rest of the limit, less the HTTP
         # side's reserve, is theirs.
         self._fds_held = fdbudget.open_fds()
-        self._check_fds(self.config)
-        self._check_rate_limits(self.config)
-        await self.supervisor.apply(self.config)
+        self._check_fds(self.owned)
+        self._check_rate_limits(self.owned)
+        self._set_shard()
+        await self.supervisor.apply(self.owned)
         self._loaded()
         self.log.info(
             "config.loaded",
             source=self.config.source,
-            targets=len(self.config.targets),
+            targets=len(self.owned.targets),
             listen=f"{parse_listen(self.listen_override or self.config.listen)[0]}:{self.port}",
+            **self._shard_fields(),
         )
-        self.notifier.ready(f"monitoring {len(self.config.targets)} targets")
+        self.notifier.ready(f"monitoring {len(self.owned.targets)} targets")
+
+    def _set_shard(self) -> None:
+        shard = self.shard
+        self.metrics.set_shard(shard.index, shard.count, shard.replicas)
+        self.metrics.config_targets.set(len(self.config.targets))
+
+    def _shard_fields(self) -> dict[str, Any]:
+        """What the log says of the shard: nothing for a daemon alone."""
+        if self.shard.alone:
+            return {}
+        return {"shard": self.shard.label(), "config_targets": len(self.config.targets)}
 
     async def _listen(self) -> None:
         """Serve HTTP, bounded (`monitor.httpguard`): aiohttp's server behind a guard of
@@ -247,7 +268,7 @@ class Daemon:
             try:
                 return await self._reload(new)
             finally:
-                self.notifier.ready(f"monitoring {len(self.config.targets)} targets")
+                self.notifier.ready(f"monitoring {len(self.owned.targets)} targets")
 
     async def _reload(self, new: Config | None) -> bool:
         if new is None:
@@ -261,6 +282,15 @@ class Daemon:
                 self.last_reload_problems = exc.problems
                 self.log.error("config.reload_failed", source=exc.source, problems=exc.problems)
                 return False
+        try:  # (a count the config gives may not fit the index the command line gives)
+            shard = self.shard_flags.resolve(new)
+        except ValueError as exc:
+            self.metrics.reload_ok.set(0)
+            self.last_reload_problems = [f"sharding: {exc}"]
+            self.log.error(
+                "config.reload_failed", source=new.source, problems=self.last_reload_problems
+            )
+            return False
         assert self.supervisor is not None
         assert self.runtime is not None
         if self.web.path is not None:
@@ -276,29 +306,39 @@ class Daemon:
                 keys=["metrics"],
                 detail="the `metrics` block takes effect at the next start; kept as it was",
             )
-        self._check_fds(new)
-        self._check_rate_limits(new)
-        changes = await self.supervisor.apply(new)
+        owned = shard.owned(new)
+        self._check_fds(owned)
+        self._check_rate_limits(owned)
+        # A new shard count moves only the targets whose owners changed: the others are
+        # unchanged in `owned`, and keep their connections.
+        changes = await self.supervisor.apply(owned)
         # What the old targets held is collected in full once the new ones have settled.
         self.collector.unsettle()
         self._gc_wake.set()
-        self.config = new
+        self.config, self.shard, self.owned = new, shard, owned
+        self._set_shard()
         self.last_reload_problems = []
         self._loaded()
-        self.log.info("config.loaded", source=new.source, targets=len(new.targets), **changes)
+        self.log.info(
+            "config.loaded",
+            source=new.source,
+            targets=len(owned.targets),
+            **self._shard_fields(),
+            **changes,
+        )
         return True
 
     async def _manage_gc(self) -> None:
         """Keep young collections short: see `monitor.collector`. A small daemon's
         schedule is done once it has settled: no more wake-ups until a reload."""
         while True:
-            if self.collector.idle(len(self.config.targets)):
+            if self.collector.idle(len(self.owned.targets)):
                 self._gc_wake.clear()
                 await self._gc_wake.wait()
             await asyncio.sleep(FREEZE_EVERY)
             self.collector.tick(
                 settled=self.supervisor is not None and self.supervisor.ready,
-                targets=len(self.config.targets),
+                targets=len(self.owned.targets),
             )
 
     async def _watch_web(self) -> None:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, fdbudget, oneshot, ratelimits, series, speedups
+from . import __version__, fdbudget, oneshot, ratelimits, series, sharding, speedups
 from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError, TargetConfig
 from .log import LEVELS, Logging
+from .sharding import Shard
 from .systemd import Notifier
 from .web import WebConfigError
 
@@ -55,9 +57,34 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True, metavar="FILE", help="YAML configuration")
     daemon_flags(run)
+    shards = run.add_argument_group(
+        "sharding", "one daemon of a fleet sharing the config (wins over its `sharding` key)"
+    )
+    shards.add_argument("--shard", metavar="INDEX/COUNT", help="this daemon's shard, e.g. 0/4")
+    shards.add_argument(
+        "--shard-from-hostname",
+        action="store_true",
+        help="the index from the host name's ordinal (a StatefulSet's wsmon-3: 3), "
+        "with --shard-count",
+    )
+    shards.add_argument(
+        "--shard-count", type=int, metavar="N", help="shards in the fleet ($WSMON_SHARD_COUNT)"
+    )
+    shards.add_argument(
+        "--shard-replicas",
+        type=int,
+        metavar="R",
+        help="shards monitoring each target, default 1 ($WSMON_SHARD_REPLICAS)",
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--shards", type=int, metavar="N", help="also print how N shards would split the targets"
+    )
+    check.add_argument(
+        "--shard-replicas", type=int, default=1, metavar="R", help="with --shards: replicas"
+    )
 
     demo = sub.add_parser("demo", help="monitor an embedded simulated Deriv-style API")
     daemon_flags(demo)
@@ -95,7 +122,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(path: str) -> int:
+def _spread(path: str, cfg: config_mod.Config, count: int, replicas: int) -> None:
+    """How `count` shards would split the targets, one line."""
+    Shard(0, count, replicas)  # raises ValueError for an impossible fleet
+    per_shard = sharding.spread((t.name for t in cfg.targets), count, replicas)
+    mean = sum(per_shard) / count
+    worst = max(abs(n - mean) for n in per_shard) / mean * 100 if mean else 0.0
+    shards = ", ".join(f"{i}: {n}" for i, n in enumerate(per_shard))
+    print(
+        f"{path}: {count} shards"
+        + (f", each target on {replicas}" if replicas > 1 else "")
+        + f": {shards} targets (mean {mean:.1f}, the farthest {worst:.0f}% from it)"
+    )
+
+
+def _check(path: str, shards: int | None = None, replicas: int = 1) -> int:
     try:
         cfg = config_mod.load(path)
     except ConfigError as exc:
@@ -124,6 +165,12 @@ def _check(path: str) -> int:
             f"{path}: warning: target {name!r} plans {planned:g} requests {window} and its "
             f"rate_limits.{window} is {limit}: longer probe intervals, or fewer probes"
         )
+    if shards is not None:
+        try:
+            _spread(path, cfg, shards, replicas)
+        except ValueError as exc:
+            print(f"{path}: --shards: {exc}")
+            return 2
     budget = fdbudget.budget(cfg, fdbudget.hard_limit())
     if budget.short:
         print(
@@ -133,13 +180,47 @@ def _check(path: str) -> int:
     return 0
 
 
+def shard_from(args: argparse.Namespace, env: Mapping[str, str]) -> sharding.Fixed:
+    """What the command line (and its environment) fixes of this daemon's shard; the rest
+    comes from the config's `sharding`. Raises ValueError with what is wrong."""
+    count = args.shard_count or _number(env, "WSMON_SHARD_COUNT")
+    replicas = args.shard_replicas or _number(env, "WSMON_SHARD_REPLICAS")
+    index = None
+    if args.shard is not None:
+        if args.shard_from_hostname:
+            raise ValueError("--shard and --shard-from-hostname exclude each other")
+        index, count = sharding.parse_shard(args.shard)
+    elif args.shard_from_hostname:
+        index = sharding.from_hostname(env)
+    return sharding.Fixed(index, count, replicas)
+
+
+def _number(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"${name} must be a whole number, not {value!r}")
+    return int(value)
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        shard = shard_from(args, os.environ)
+    except ValueError as exc:
+        print(f"wsmon run: error: {exc}", file=sys.stderr)
+        return 2
     try:
         cfg = config_mod.load(args.config)
     except ConfigError as exc:
         log = Logging(args.log_format or "auto", "info").logger
         log.error("config.invalid", source=exc.source, problems=exc.problems)
         return 1
+    try:
+        shard.resolve(cfg)
+    except ValueError as exc:
+        print(f"wsmon run: error: shard: {exc}", file=sys.stderr)
+        return 2
     logging = Logging(
         args.log_format or cfg.log.format, args.log_level or cfg.log.level, secrets=cfg.secrets
     )
@@ -152,6 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         notifier=Notifier(),
         web_config_file=args.web_config_file,
         receive_path=args.receive_path,
+        shard=shard,
     )
     return _serve(daemon, None, args.event_loop)
 
@@ -247,7 +329,7 @@ def _probe_target(args: argparse.Namespace) -> TargetConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return _check(args.file)
+        return _check(args.file, args.shards, args.shard_replicas)
     if args.command == "probe":
         return _probe(args)
     if args.command == "run":

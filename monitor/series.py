@@ -28,6 +28,8 @@ def _built(config: Config, options: MetricsConfig | None = None) -> tuple[Regist
     if config.web_config_file:
         metrics.web_reload_ok.set(1)
     metrics.targets.set(len(config.targets))
+    s = config.sharding
+    metrics.set_shard(s.index, s.count, s.replicas)
     return registry, metrics
 
 

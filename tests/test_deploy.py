@@ -162,7 +162,10 @@ async def test_promtool_check_metrics(server: WSTestServer, start_daemon: StartD
 class Prometheus:
     """A real Prometheus on 127.0.0.1 with a 1 s scrape and evaluation interval."""
 
-    def __init__(self, tmp: Path, wsmon_port: int, features: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, tmp: Path, wsmon_port: int | list[int], features: tuple[str, ...] = ()
+    ) -> None:
+        ports = wsmon_port if isinstance(wsmon_port, list) else [wsmon_port]
         self.port = free_port()
         tmp.mkdir(parents=True, exist_ok=True)
         rules = ALERTS.read_text()
@@ -177,7 +180,7 @@ class Prometheus:
                     "scrape_configs": [
                         {
                             "job_name": "wsmon",
-                            "static_configs": [{"targets": [f"127.0.0.1:{wsmon_port}"]}],
+                            "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}],
                         }
                     ],
                 }

@@ -130,6 +130,7 @@ class WSTestServer:
         self.big_sent: int = 0
         self.reply_holds: list[float] = []  # seconds each reply was held: receipt to send
         self.upgrade_headers: list[dict[str, str]] = []  # of every upgrade request
+        self.upgrade_paths: list[str] = []  # path and query of every upgrade request
         self.negotiated: list[str | None] = []  # the subprotocol each handshake agreed on
         self.ticks_sent: int = 0  # stream messages sent, every subscription
         self.subscribes: int = 0
@@ -355,6 +356,7 @@ class WSTestServer:
         if self.handshake_status is not None:
             return web.Response(status=self.handshake_status)
         self.upgrade_headers.append(dict(request.headers))
+        self.upgrade_paths.append(request.path_qs)
         ws = web.WebSocketResponse(
             autoping=False, autoclose=True, timeout=_CLOSE_REPLY_TIMEOUT,
             max_msg_size=_MAX_MSG_SIZE, protocols=self.subprotocols,

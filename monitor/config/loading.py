@@ -144,6 +144,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         ),
         source=source,
         probe_endpoint=probe_endpoint,
+        sharding=raw.sharding,
     )
 
 

@@ -555,6 +555,23 @@ class MetricsConfig(_Strict):
     series_warning: int = Field(default=200_000, ge=1)
 
 
+class ShardingConfig(_Strict):
+    """This daemon's place in a fleet that shares the config (`monitor.sharding`); the
+    command line's --shard flags win over it."""
+
+    index: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=1, le=10_000)
+    replicas: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> ShardingConfig:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} is not in 0..{self.count - 1}")
+        if self.replicas > self.count:
+            raise ValueError(f"replicas ({self.replicas}) cannot exceed count ({self.count})")
+        return self
+
+
 class RawConfig(_Strict):
     """The top-level keys except `targets`, which are validated one by one after it."""
 
@@ -574,6 +591,7 @@ class RawConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     # One-shot probes of the targets a scraper names (`GET /probe`); None: no /probe.
     probe_endpoint: ProbeEndpointConfig | None = None
+    sharding: ShardingConfig = ShardingConfig()
     defaults: TargetSettings = TargetSettings()
 
     @field_validator("listen")
@@ -604,3 +622,4 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     probe_endpoint: ProbeEndpointConfig | None = None
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)

@@ -1,0 +1,79 @@
+"""Rendezvous sharding of targets over a fleet: exactly `replicas` owners each, little and
+one-way movement when the fleet grows, balance, and the ways a shard learns its place."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from monitor.sharding import Shard, from_hostname, ordinal, owners, parse_shard, spread
+
+NAMES = [f"target-{i}" for i in range(3000)]
+
+
+@pytest.mark.parametrize(("count", "replicas"), [(1, 1), (4, 1), (5, 2), (8, 3)])
+def test_every_target_has_exactly_its_replicas(count: int, replicas: int) -> None:
+    shards = [Shard(i, count, replicas) for i in range(count)]
+    for name in NAMES[:500]:
+        assert sum(s.owns(name) for s in shards) == replicas
+
+
+@pytest.mark.parametrize(("count", "replicas"), [(3, 1), (7, 1), (4, 2)])
+def test_growing_moves_few_targets_and_only_onto_the_new_shard(count: int, replicas: int) -> None:
+    moved = 0
+    for name in NAMES:
+        before, after = set(owners(name, count, replicas)), set(owners(name, count + 1, replicas))
+        if before != after:
+            moved += 1
+            assert after - before == {count}  # the only new owner is the new shard
+            assert len(before - after) == 1
+    expected = len(NAMES) * replicas / (count + 1)
+    assert 0.85 * expected <= moved <= 1.15 * expected
+
+
+def test_the_spread_is_balanced() -> None:
+    per_shard = spread(NAMES, 6)
+    assert sum(per_shard) == len(NAMES)
+    assert max(per_shard) <= 1.15 * len(NAMES) / 6
+    assert min(per_shard) >= 0.85 * len(NAMES) / 6
+    assert sum(spread(NAMES, 6, replicas=2)) == 2 * len(NAMES)
+
+
+def test_the_answer_does_not_depend_on_the_process() -> None:
+    """Another process, with another string hash seed, computes the same owners: every
+    shard of a fleet agrees."""
+    code = "from monitor.sharding import owners; print([owners(f't{i}', 5, 2) for i in range(50)])"
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONHASHSEED": "4242"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == str([owners(f"t{i}", 5, 2) for i in range(50)])
+
+
+@pytest.mark.parametrize(
+    ("shard", "problem"),
+    [
+        ((4, 4, 1), "shard index 4 is not in 0..3"),
+        ((0, 0, 1), "shard count must be at least 1, not 0"),
+        ((0, 2, 3), "replicas must be from 1 to the shard count (2), not 3"),
+    ],
+)
+def test_impossible_shards_are_named(shard: tuple[int, int, int], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        Shard(*shard)
+
+
+def test_places_from_flags_and_host_names() -> None:
+    assert parse_shard("3/8") == (3, 8)
+    with pytest.raises(ValueError, match="expected INDEX/COUNT"):
+        parse_shard("3-8")
+    assert ordinal("wsmon-12") == 12
+    assert from_hostname({"HOSTNAME": "wsmon-shard-2"}) == 2
+    with pytest.raises(ValueError, match="does not end in -ORDINAL"):
+        ordinal("wsmon")
