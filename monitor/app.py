@@ -7,6 +7,7 @@ import contextlib
 import random
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .proxy import Sessions, client_sessions
 from .registry import Registry
 from .session import Runtime
 from .sharding import Fixed
-from .supervisor import Supervisor
+from .supervisor import Supervisor, TargetRunner
 from .systemd import Notifier
 from .web import WebSecurity
 
@@ -148,6 +149,10 @@ class Daemon:
         )
         self.notifier.ready(f"monitoring {len(self.owned.targets)} targets")
 
+    def _runners(self) -> Iterable[TargetRunner]:
+        """The targets this daemon monitors now (for the status API)."""
+        return () if self.supervisor is None else self.supervisor.runners.values()
+
     def _set_shard(self) -> None:
         shard = self.shard
         self.metrics.set_shard(shard.index, shard.count, shard.replicas)
@@ -174,6 +179,7 @@ class Daemon:
                 [self.web.add_headers],
                 histograms=self.metrics.options.histograms,
                 probes=self.probes,
+                targets=self._runners,
             ),
             access_log=None,
             handle_signals=False,

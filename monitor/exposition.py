@@ -7,6 +7,7 @@ import asyncio
 import math
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from structlog.typing import FilteringBoundLogger
 
+from . import status
 from .anatomy import PHASES
 from .config import TargetConfig, TCPConfig
 from .config.model import ProbeEndpointConfig, ProbeModule, ProbeURL, parse_probe_url
@@ -21,6 +23,9 @@ from .log import redact_url
 from .oneshot import ProbeResult, probe_once
 from .proxy import client_sessions
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .supervisor import TargetRunner
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 Reload = Callable[[], Awaitable[tuple[bool, list[str]]]]
@@ -279,6 +284,19 @@ async def index(_: web.Request) -> web.Response:
     )
 
 
+Targets = Callable[[], Iterable["TargetRunner"]]
+TARGETS_KEY: web.AppKey[Targets] = web.AppKey("targets")
+
+
+async def api_targets(request: web.Request) -> web.Response:
+    """`GET /api/v1/targets` (docs/api.md)."""
+    try:
+        body = await status.listing(request.app[TARGETS_KEY](), request.query)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
 def build_app(
     registry: Registry,
     ready: ReadyCheck,
@@ -287,6 +305,7 @@ def build_app(
     on_prepare: Iterable[Callable[[web.Request, web.StreamResponse], Awaitable[None]]] = (),
     histograms: str = "classic",
     probes: ProbeEndpoint | None = None,
+    targets: Targets | None = None,
 ) -> web.Application:
     """The aiohttp application serving the daemon's HTTP endpoints."""
     app = web.Application(middlewares=list(middlewares))
@@ -303,4 +322,7 @@ def build_app(
     if probes is not None:
         app[PROBE_KEY] = probes
         app.router.add_get("/probe", probe)
+    if targets is not None:
+        app[TARGETS_KEY] = targets
+        app.router.add_get("/api/v1/targets", api_targets)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import time
 from collections.abc import Iterable
 
 from prometheus_client import Gauge, GCCollector, PlatformCollector
@@ -14,6 +15,7 @@ from .families import Family, Group, Item, Series
 from .histograms import HistogramSeries
 from .process import ProcessCollector
 from .registry import Registry
+from .status import Recent
 
 CONNECT_FAILURE_REASONS = (
     "dns", "refused", "timeout", "tls", "handshake", "auth", "resource", "proxy", "other",
@@ -475,7 +477,7 @@ class ByReason:
 class ProbeMetrics:
     """Pre-bound series of one probe."""
 
-    __slots__ = ("errors", "last_rtt", "last_success", "rtt", "sent", "timeouts")
+    __slots__ = ("errors", "last_rtt", "last_success", "recent", "rtt", "sent", "timeouts")
 
     def __init__(
         self, m: Metrics, target: str, probe: str, kind: str, buckets: tuple[float, ...] | None
@@ -489,6 +491,17 @@ class ProbeMetrics:
             reasons = PROBE_ERROR_REASONS if kind == "message" else ("send_failed",)
         self.errors = ByReason(m.probe_errors, (target, probe), reasons)
         self.last_success = m.last_success.labels(target, probe)
+        # The latest round trips, for the status page (made at the first answer).
+        self.recent: Recent | None = None
+
+    def answered(self, rtt: float) -> None:
+        """A good reply `rtt` seconds after its request."""
+        self.rtt.observe(rtt)
+        self.last_rtt.set(rtt)
+        self.last_success.set(time.time())
+        if self.recent is None:
+            self.recent = Recent()
+        self.recent.add(rtt)
 
 
 def planned_requests(target: TargetConfig, window: float) -> float:
@@ -545,10 +558,10 @@ class TargetMetrics:
     """Pre-bound series of one target, so the hot path does no label lookups."""
 
     __slots__ = (
-        "_m", "_throttled", "_time_offset", "connect_attempts", "connect_duration",
-        "connect_failures", "connected", "established", "last_close_code", "messages_received",
-        "probes", "reconnects", "send_lag", "streams", "target", "time_offset_value",
-        "unmatched", "up",
+        "_m", "_throttled", "_time_offset", "cert_not_after", "connect_attempts",
+        "connect_duration", "connect_failures", "connected", "established", "last_close_code",
+        "messages_received", "probes", "reconnects", "send_lag", "streams", "target",
+        "time_offset_value", "unmatched", "up",
     )  # fmt: skip
 
     def __init__(self, m: Metrics, target: str, probes: tuple[ProbeSpec, ...]) -> None:
@@ -592,6 +605,7 @@ class TargetMetrics:
             if spec[1] == "stream"
         }
         self.time_offset_value: float | None = None
+        self.cert_not_after: float | None = None  # as of the latest TLS connection
         self.send_lag = m.send_lag
 
     def throttled(self, seconds: float) -> None:
@@ -626,6 +640,7 @@ class TargetMetrics:
             m.tls_labels[self.target] = labels
         if not_after is not None:
             m.tls_not_after.labels(self.target).set(not_after)
+        self.cert_not_after = not_after
 
     def set_rate_limit(self, window: str, requests: float) -> None:
         self._m.rate_limit.labels(self.target, window).set(requests)

@@ -288,10 +288,7 @@ class ProbeRun:
         self._answered(round_trip(pending, reply))
 
     def _answered(self, rtt: float) -> None:
-        pm = self.pm
-        pm.rtt.observe(rtt)
-        pm.last_rtt.set(rtt)
-        pm.last_success.set(time.time())
+        self.pm.answered(rtt)
         self.liveness.answered()
 
     def _blocked(self) -> None:

@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .proxy import Sessions
 from .session import INTERNAL_ERROR, Disconnect, Runtime, Session
 from .sockets import tune
+from .status import TargetState
 
 # Close codes by which a server asks clients to come back later, not at once.
 TRY_AGAIN_LATER = frozenset({1012, 1013})
@@ -55,7 +56,7 @@ class TargetRunner:
 
     __slots__ = (
         "_session", "_stop_code", "_task", "attempted", "http", "limits", "log", "m", "rng",
-        "runtime", "target", "tls",
+        "runtime", "state", "target", "tls",
     )  # fmt: skip
 
     def __init__(
@@ -77,6 +78,7 @@ class TargetRunner:
         self.rng = rng or random.Random()
         self.tls = tls_context(target)
         self.attempted = False  # the first handshake attempt has finished
+        self.state = TargetState()  # for the status page and its API
         self._session: Session | None = None
         self._stop_code: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -114,9 +116,11 @@ class TargetRunner:
         try:
             while True:
                 self.m.connect_attempts.inc()
+                self.state.enter("connecting")
                 opened = await self._open()
                 self.attempted = True
                 if isinstance(opened, ConnectFailed):
+                    self.state.enter("failed")
                     self._connect_failed(opened)
                     attempt += 1
                     backoff = backoff or self._backoff()
@@ -129,6 +133,7 @@ class TargetRunner:
                     self.limits.fds.release()
                 had_connection = True
                 uptime = loop.time() - started
+                self.state.enter("backoff")
                 self._record(ended, uptime)
                 if self._stop_code is not None:
                     return
@@ -203,6 +208,8 @@ class TargetRunner:
             m.tls(tls.version, tls.cipher, tls.not_after)
         if reconnected:
             m.reconnects.inc()
+            self.state.reconnected()
+        self.state.enter("connected")
         m.connected.set(1)
         m.established.set(time.time())
         self.log.info(
@@ -254,6 +261,7 @@ class TargetRunner:
 
     def _record(self, ended: Disconnect, uptime: float) -> None:
         self.m.disconnect(ended.code, ended.origin)
+        self.state.closed(ended.code, ended.origin, ended.reason)
         log = (
             self.log.info
             if ended.origin == "local" and ended.code in (1000, 1001)
