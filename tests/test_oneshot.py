@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -620,26 +622,31 @@ class TestEndpoint:
         assert (await get_probe(h, server.url))[0] == 404
 
 
+@contextlib.asynccontextmanager
+async def redirecting(elsewhere: WSTestServer) -> AsyncIterator[str]:
+    """A WebSocket URL whose upgrade is answered with a redirect to `elsewhere`."""
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.1:{elsewhere.port}/ws")
+
+    app = web.Application()
+    app.router.add_get("/ws", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+    finally:
+        await runner.cleanup()
+
+
 class TestRedirects:
     async def test_a_redirect_is_not_followed(self) -> None:
         """An upgrade answered with a redirect fails with its status; the place it points
         to is never contacted (a /probe target could otherwise lead anywhere)."""
-        async with WSTestServer() as elsewhere:
-
-            async def redirect(_: web.Request) -> web.Response:
-                raise web.HTTPFound(f"http://127.0.0.1:{elsewhere.port}/ws")
-
-            app = web.Application()
-            app.router.add_get("/ws", redirect)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                port = runner.addresses[0][1]
-                code, out, _ = await wsmon_probe(f"ws://127.0.0.1:{port}/ws", "--json")
-            finally:
-                await runner.cleanup()
+        async with WSTestServer() as elsewhere, redirecting(elsewhere) as url:
+            code, out, _ = await wsmon_probe(url, "--json")
         assert code == 1
         doc = json.loads(out)
         assert doc["status_code"] == 302
@@ -651,29 +658,11 @@ class TestRedirects:
     async def test_the_daemon_follows_no_redirect_either(self, start_daemon: StartDaemon) -> None:
         """A configured target that redirects fails its handshake (`handshake`, HTTP 302): its
         headers and auth message go to no other host."""
-        async with WSTestServer() as elsewhere:
-
-            async def redirect(_: web.Request) -> web.Response:
-                raise web.HTTPFound(f"http://127.0.0.1:{elsewhere.port}/ws")
-
-            app = web.Application()
-            app.router.add_get("/ws", redirect)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                port = runner.addresses[0][1]
-                h = await start_daemon(
-                    target("r", f"ws://127.0.0.1:{port}/ws", headers={"X-Api-Key": "k-123456"})
-                )
-                await h.wait_for(
-                    lambda: (
-                        h.value("wsmon_connect_failures_total", target="r", reason="handshake") >= 1
-                    )
-                )
-            finally:
-                await runner.cleanup()
+        async with WSTestServer() as elsewhere, redirecting(elsewhere) as url:
+            h = await start_daemon(target("r", url, headers={"X-Api-Key": "k-123456"}))
+            await h.wait_for(
+                lambda: h.value("wsmon_connect_failures_total", target="r", reason="handshake") >= 1
+            )
             (failed, *_) = h.events("connect.failed")
             assert failed["error"].startswith("HTTP 302: redirect to")
             assert elsewhere.http_requests == 0

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
+from monitor.cli import main
 from monitor.sharding import Shard, from_hostname, ordinal, owners, parse_shard, spread
 
 NAMES = [f"target-{i}" for i in range(3000)]
@@ -77,3 +80,38 @@ def test_places_from_flags_and_host_names() -> None:
     assert from_hostname({"HOSTNAME": "wsmon-shard-2"}) == 2
     with pytest.raises(ValueError, match="does not end in -ORDINAL"):
         ordinal("wsmon")
+
+
+def test_check_config_shows_the_spread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check-config --shards N` prints what each shard would monitor; the counts are the
+    ones the shards themselves compute."""
+    doc = {"targets": [{"name": n, "url": "ws://127.0.0.1:1/ws", "probes": []} for n in NAMES[:90]]}
+    path = tmp_path / "f.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["check-config", str(path), "--shards", "3"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    counts = spread(NAMES[:90], 3)
+    assert line.startswith(f"{path}: 3 shards: 0: {counts[0]}, 1: {counts[1]}, 2: {counts[2]}")
+    assert main(["check-config", str(path), "--shards", "2", "--shard-replicas", "3"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "problem"),
+    [
+        (["--shard", "3/3"], {}, "shard: shard index 3 is not in 0..2"),
+        (["--shard", "0/2", "--shard-from-hostname"], {}, "exclude each other"),
+        (["--shard-from-hostname"], {"HOSTNAME": "box"}, "does not end in -ORDINAL"),
+        (["--shard-from-hostname"], {"HOSTNAME": "wsmon-1", "WSMON_SHARD_COUNT": "x"}, "whole"),
+    ],
+)
+def test_bad_shard_flags_exit_2(
+    tmp_path: Path, argv: list[str], env: dict[str, str], problem: str
+) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(yaml.safe_dump({"targets": [{"name": "a", "url": "ws://127.0.0.1:1/ws"}]}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--config", str(path), *argv],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert problem in proc.stderr
