@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, fdbudget, oneshot, ratelimits, series, sharding, speedups
+from . import __version__, fdbudget, probecli, ratelimits, series, sharding, speedups
 from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError, TargetConfig
@@ -258,7 +258,7 @@ def _probe(args: argparse.Namespace) -> int:
         args.usage.error(str(exc))  # exits 2
     timeout = target.connect_timeout
     interval = config_mod.parse_duration(args.interval)
-    return asyncio.run(oneshot.run_command(target, timeout, args.count, interval, args.json))
+    return asyncio.run(probecli.run_command(target, timeout, args.count, interval, args.json))
 
 
 # Where a problem of the target `wsmon probe` builds came from on its command line.
