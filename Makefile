@@ -30,7 +30,14 @@ PACKAGES := prometheus prometheus-alertmanager systemd util-linux iproute2
 SCHEMA_CHECK := deploy/kubernetes/schema-check
 SCHEMA_STAMP := $(SCHEMA_CHECK)/node_modules/.installed
 
-.PHONY: run test lint typecheck pytest test-compat tools kubectl-tool bench lock proto clean
+# For tests/test_page.py: Debian's Chromium, driven headless by Playwright for Python (from
+# the dev extra; never `playwright install`, which downloads browsers of its own), and
+# axe-core from npm for the accessibility pass (locked in the folder's package-lock.json).
+A11Y       := tests/a11y
+A11Y_STAMP := $(A11Y)/node_modules/.installed
+
+.PHONY: run test lint typecheck pytest test-compat tools kubectl-tool chromium-tool bench lock \
+        proto clean
 
 run: $(RUN_STAMP)
 	$(BIN)/wsmon demo $(ARGS)
@@ -79,7 +86,17 @@ kubectl-tool:
 	  echo "missing: kubectl; install the Debian package kubernetes-client" >&2; exit 1; \
 	fi
 
-pytest: $(DEV_STAMP) tools kubectl-tool $(SCHEMA_STAMP)
+chromium-tool:
+	@command -v chromium >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (Debian: chromium)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium >/dev/null; \
+	else \
+	  echo "missing: chromium; install the Debian package chromium" >&2; exit 1; \
+	fi
+
+pytest: $(DEV_STAMP) tools kubectl-tool chromium-tool $(SCHEMA_STAMP) $(A11Y_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 $(SCHEMA_STAMP): $(SCHEMA_CHECK)/package-lock.json
@@ -87,6 +104,13 @@ $(SCHEMA_STAMP): $(SCHEMA_CHECK)/package-lock.json
 	  npm ci --prefix $(SCHEMA_CHECK) --no-audit --no-fund --loglevel=error && touch $@; \
 	else \
 	  echo "npm is missing: tests/test_kubernetes.py cannot check the PodMonitor's schema" >&2; \
+	fi
+
+$(A11Y_STAMP): $(A11Y)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(A11Y) --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+	  echo "npm is missing: tests/test_page.py cannot run its accessibility pass" >&2; \
 	fi
 
 # The wire tests once more, against the oldest aiohttp the range admits.

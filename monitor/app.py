@@ -246,12 +246,17 @@ class Daemon:
             )
 
     @property
-    def metrics_url(self) -> str:
+    def page_url(self) -> str:
+        """The status page's URL: where the HTTP endpoints are."""
         host, _ = parse_listen(self.listen_override or self.config.listen)
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         shown = f"[{shown}]" if ":" in shown else shown
         scheme = "https" if self.web.tls else "http"
-        return f"{scheme}://{shown}:{self.port}/metrics"
+        return f"{scheme}://{shown}:{self.port}/"
+
+    @property
+    def metrics_url(self) -> str:
+        return self.page_url + "metrics"
 
     def _readiness(self) -> tuple[bool, str]:
         if self.supervisor is None:
@@ -410,7 +415,10 @@ async def serve(daemon: Daemon, announce: str | None = None) -> int:
         await daemon.start()
         watchdog = asyncio.create_task(daemon.notifier.watchdog(), name="watchdog")
         if announce:
-            print(announce.format(metrics_url=daemon.metrics_url), flush=True)
+            print(
+                announce.format(page_url=daemon.page_url, metrics_url=daemon.metrics_url),
+                flush=True,
+            )
         await stopping.wait()
         daemon.log.info("shutdown.started")
     finally:

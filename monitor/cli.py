@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, fdbudget, probecli, ratelimits, series, sharding, speedups
+from . import __version__, fdbudget, probecli, ratelimits, series, sharding, speedups, statuscli
 from . import config as config_mod
 from .app import Daemon, serve
 from .config import ConfigError, TargetConfig
@@ -119,6 +119,36 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--proxy", metavar="URL", help="HTTP CONNECT proxy, http://host:port")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.set_defaults(usage=probe)
+
+    status = sub.add_parser(
+        "status",
+        help="print a running daemon's targets (exit 0: all connected)",
+        description="Ask a running daemon (GET /api/v1/targets, every page) and print its "
+        "targets, problems first. Exit 0 when every target is connected, 1 when one is not, "
+        "2 for usage errors or when the daemon cannot be reached or refuses the credentials.",
+    )
+    status.add_argument(
+        "--url", metavar="URL", help="the daemon's address (default http://127.0.0.1:9815/, "
+        "https:// when the web config has TLS)",
+    )  # fmt: skip
+    status.add_argument(
+        "--web.config.file", dest="web_config_file", metavar="FILE",
+        help="the daemon's web config: https when it has TLS, with its certificate trusted; "
+        "its user when it has only one (it holds no password: use --password-file)",
+    )  # fmt: skip
+    status.add_argument("--user", metavar="USER", help="basic auth user")
+    status.add_argument(
+        "--password-file", metavar="FILE", help="basic auth password: the file's first line"
+    )
+    status.add_argument("--ca-file", metavar="FILE", help="PEM bundle to trust (https)")
+    status.add_argument("--cert-file", metavar="FILE", help="client certificate (https)")
+    status.add_argument("--key-file", metavar="FILE", help="its key, if not in --cert-file")
+    status.add_argument(
+        "--watch", action="store_true", help="draw the table again every --interval until "
+        "Ctrl-C, then exit as the latest table says",
+    )  # fmt: skip
+    status.add_argument("--interval", default="2s", metavar="DUR", help="with --watch (2s)")
+    status.set_defaults(usage=status)
     return p
 
 
@@ -326,8 +356,25 @@ def _probe_target(args: argparse.Namespace) -> TargetConfig:
         raise ValueError(f"{flag}: {message}") from None
 
 
+def _status(args: argparse.Namespace) -> int:
+    try:
+        interval = config_mod.parse_duration(args.interval)
+    except ValueError as exc:
+        args.usage.error(f"--interval: {exc}")  # exits 2
+    try:
+        daemon = statuscli.daemon(
+            args.url, args.web_config_file, args.user, args.password_file,
+            args.ca_file, args.cert_file, args.key_file,
+        )  # fmt: skip
+    except ValueError as exc:
+        args.usage.error(str(exc))
+    return statuscli.run_command(daemon, args.watch, interval)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args)
     if args.command == "check-config":
         return _check(args.file, args.shards, args.shard_replicas)
     if args.command == "probe":

@@ -46,6 +46,7 @@ targets:
 """
 
 ANNOUNCE = (
+    "wsmon demo: status page at {{page_url}}\n"
     "wsmon demo: monitoring a simulated Deriv-style API at {api_url}\n"
     "wsmon demo: metrics at {{metrics_url}}  (Ctrl-C to stop)"
 )

@@ -1,5 +1,5 @@
 """The HTTP endpoints: /metrics (text, or protobuf when asked for), /healthz, /readyz,
-/-/reload, /probe."""
+/-/reload, /probe, the status page at / and its API, /endpoints."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from structlog.typing import FilteringBoundLogger
 
-from . import status
+from . import page, status
 from .anatomy import PHASES
 from .config import TargetConfig, TCPConfig
 from .config.model import ProbeEndpointConfig, ProbeModule, ProbeURL, parse_probe_url
@@ -277,10 +277,23 @@ def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> web
 
 
 async def index(_: web.Request) -> web.Response:
+    """`GET /`: the status page (monitor/page.py)."""
+    response = web.Response(body=page.DOCUMENT, headers=page.HEADERS)
+    response.enable_compression()
+    return response
+
+
+async def endpoints(_: web.Request) -> web.Response:
+    """`GET /endpoints`: what this server answers, as plain text."""
     return web.Response(
-        text="wsmon\n\n/metrics    Prometheus metrics\n/healthz    liveness\n"
-        "/readyz     readiness\n/-/reload   POST: re-read the configuration file\n"
-        "/probe      ?target=URL&module=NAME: one-shot probe (probe_endpoint)\n"
+        text="wsmon\n\n"
+        "/                 status page\n"
+        "/api/v1/targets   the targets' state as JSON\n"
+        "/metrics          Prometheus metrics\n"
+        "/healthz          liveness\n"
+        "/readyz           readiness\n"
+        "/-/reload         POST: re-read the configuration file\n"
+        "/probe            ?target=URL&module=NAME: one-shot probe (probe_endpoint)\n"
     )
 
 
@@ -315,6 +328,7 @@ def build_app(
     app[READY_KEY] = ready
     app[RELOAD_KEY] = reload_config
     app.router.add_get("/", index)
+    app.router.add_get("/endpoints", endpoints)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

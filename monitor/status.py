@@ -12,7 +12,6 @@ import asyncio
 import math
 import time
 from array import array
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,9 @@ RECENT = 30
 RECONNECTS_KEPT = 64
 HOUR = 3600.0
 MAX_LIMIT = 1000  # targets in one answer at most
-SLICE = 2000  # targets looked at between two yields to the event loop
+# Targets looked at, and described, between two yields to the event loop.
+SLICE = 500
+DESCRIBE_SLICE = 100
 
 
 class Recent:
@@ -58,13 +59,16 @@ class TargetState:
     """A target's connection state and since when (Unix time), and how its latest connection
     ended: kept by its `TargetRunner`."""
 
-    __slots__ = ("last_close", "reconnect_times", "since", "state")
+    __slots__ = ("last_close", "reconnect_at", "reconnect_times", "since", "state")
 
     def __init__(self) -> None:
         self.state = "connecting"
         self.since = time.time()
         self.last_close: dict[str, Any] | None = None
-        self.reconnect_times: deque[float] | None = None  # made at the first reconnect
+        # The latest RECONNECTS_KEPT reconnect times, a ring of 8-byte floats made at the
+        # first reconnect (`reconnect_at`: where the next one goes once it is full).
+        self.reconnect_times: array[float] | None = None
+        self.reconnect_at = 0
 
     def enter(self, state: str) -> None:
         if state != self.state:
@@ -75,9 +79,14 @@ class TargetState:
         self.last_close = {"code": code, "origin": origin, "reason": reason, "at": time.time()}
 
     def reconnected(self) -> None:
-        if self.reconnect_times is None:
-            self.reconnect_times = deque(maxlen=RECONNECTS_KEPT)
-        self.reconnect_times.append(time.time())
+        times = self.reconnect_times
+        if times is None:
+            times = self.reconnect_times = array("d")
+        if len(times) < RECONNECTS_KEPT:
+            times.append(time.time())
+        else:
+            times[self.reconnect_at] = time.time()
+            self.reconnect_at = (self.reconnect_at + 1) % RECONNECTS_KEPT
 
     def reconnects_since(self, when: float) -> int:
         times = self.reconnect_times
@@ -135,8 +144,9 @@ async def listing(runners: Iterable[TargetRunner], query: Mapping[str, str]) -> 
     the name, any case), problems first, then by name, a page of them (`limit`, `offset`),
     with a summary of all. Raises ValueError for a bad parameter.
 
-    The pass over every target yields to the event loop every SLICE targets: at 10,000
-    targets an answer must not hold the probes' timing up for its whole length."""
+    The pass over every target yields to the event loop every SLICE targets, the page's
+    descriptions every DESCRIBE_SLICE: at 10,000 targets an answer must not hold the
+    probes' timing up for its whole length."""
     states = {x for x in query.get("state", "").split(",") if x}
     if unknown := states - set(STATES):
         raise ValueError(f"unknown state {sorted(unknown)[0]!r}: one of {', '.join(STATES)}")
@@ -160,8 +170,13 @@ async def listing(runners: Iterable[TargetRunner], query: Mapping[str, str]) -> 
         problems += trouble
         if (not states or state in states) and needle in r.target.name.lower():
             matched.append((not trouble, r.target.name, r))
-    matched.sort(key=lambda x: (x[0], x[1]))
+    matched.sort()  # problems first, then by name (names are unique: no tie reaches a runner)
     now = time.time()
+    page: list[dict[str, Any]] = []
+    for i, (_, _, r) in enumerate(matched[offset : offset + limit]):
+        if i and not i % DESCRIBE_SLICE:
+            await asyncio.sleep(0)
+        page.append(describe(r, now))
     return {
         "summary": {
             "targets": len(everything),
@@ -174,7 +189,7 @@ async def listing(runners: Iterable[TargetRunner], query: Mapping[str, str]) -> 
         "total": len(matched),
         "offset": offset,
         "limit": limit,
-        "targets": [describe(r, now) for _, _, r in matched[offset : offset + limit]],
+        "targets": page,
     }
 
 
