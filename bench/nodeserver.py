@@ -3,7 +3,9 @@
 ``setup()`` installs ``bench/node/node_modules`` with ``npm ci`` when it is missing (a clear
 error when node or npm are not on PATH); ``NodeServer`` starts the server with its file
 descriptor limit raised to the hard limit, reads the port it prints, and talks to its HTTP
-paths: stats, drops, and for the streams (workload 7) stalls, quiet and its clock.
+paths: stats, drops, for the streams (workload 7) stalls, quiet and its clock, and for the
+fleet (workload 8, several servers on loopback addresses of their own) the connections per
+target.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ class NodeServer:
         delay_ms: float = 0.0,
         handshake_delay_ms: float = 0.0,
         tick_rate: float = 10.0,
+        host: str = "127.0.0.1",
         node_dir: Path = NODE_DIR,
     ) -> None:
+        self.host = host
         self.delay_ms = delay_ms
         self.handshake_delay_ms = handshake_delay_ms
         self.tick_rate = tick_rate
@@ -87,7 +91,7 @@ class NodeServer:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
+        return f"ws://{self.host}:{self.port}/"
 
     @property
     def pid(self) -> int:
@@ -100,7 +104,7 @@ class NodeServer:
             node,
             str(self.node_dir / "server.js"),
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             "0",
             "--delay",
@@ -133,7 +137,7 @@ class NodeServer:
 
     async def _get(self, path: str) -> dict[str, Any]:
         assert self._http is not None
-        async with self._http.get(f"http://127.0.0.1:{self.port}{path}") as resp:
+        async with self._http.get(f"http://{self.host}:{self.port}{path}") as resp:
             resp.raise_for_status()
             data: dict[str, Any] = await resp.json()
             return data
@@ -168,6 +172,12 @@ class NodeServer:
     async def clock_ms(self) -> float:
         """The server's wall clock as it keeps it for the stall records, ms."""
         return float((await self._get("/clock"))["wall_ms"])
+
+    async def targets(self) -> dict[str, dict[str, int]]:
+        """Per target named in its URL (``?target=NAME``): ``open`` connections now and
+        ``accepted`` upgrades since the server started."""
+        data = await self._get("/targets")
+        return {"open": dict(data["open"]), "accepted": dict(data["accepted"])}
 
     async def wait_open(self, n: int, within: float, at_least_total: int = 0) -> dict[str, Any]:
         """Poll until `n` connections are open (and `at_least_total` were ever accepted)."""

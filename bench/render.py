@@ -441,6 +441,176 @@ def _w7(w7: dict[str, Any]) -> list[str]:
     ]
 
 
+def _w8_attempt_row(a: dict[str, Any]) -> str:
+    c, own = a["connect"], a.get("ownership")
+    loaded = [x for x in c["loaded_cpu_s"] if x == x]  # NaN: never loaded
+    once = "not checked" if own is None else (
+        f"{own['targets'] - own['violations']} of {own['targets']}")  # fmt: skip
+    ran_out = a["diagnosis"]["ran_out"] or "-"
+    return (
+        f"| {c['targets']} | {c['shards']} | {c['servers']['servers']} "
+        f"| {fmt(c['connect_s'])} | {fmt(c['metrics_connected_s'])} "
+        f"| {c['open_at_goal']} | {c['machine_busy_pct']:.0f} "
+        f"| {c['daemons_cpu_s']:.1f} ({sum(loaded):.1f}) | {c['servers_cpu_s']:.1f} "
+        f"| {once} | {'yes' if a['held'] else 'no'} | {ran_out} |"
+    )
+
+
+def _w8_compare_row(label: str, a: dict[str, Any]) -> str:
+    c, st = a["connect"], a.get("steady")
+    if st is None:
+        return f"| {label} | {a['targets']} | {max(1, a['shards'])} | {fmt(c['connect_s'])} " + (
+            "| - " * 13 + "|")  # fmt: skip
+    if a["targets"] == 1:  # per-target figures of one target say nothing
+        return (
+            f"| {label} | 1 | 1 | {fmt(c['connect_s'])} | {st['rss_sum_kb'] / 1024:.0f} | - "
+            f"| {st['cpu_pct_of_core']:.1f} |" + " - |" * 9
+        )
+    return (
+        f"| {label} | {a['targets']} | {max(1, a['shards'])} | {fmt(c['connect_s'])} "
+        f"| {st['rss_sum_kb'] / 1024:.0f} | {st['rss_kib_per_target']:.2f} "
+        f"| {st['cpu_pct_of_core']:.1f} | {st['cpu_us_per_target_s']:.2f} "
+        f"| {fmt(st['cpu_us_per_round_trip'])} | {st['round_trips_per_s']:.0f} "
+        f"| {st['probe_timeouts']} | {fmt(st['send_lag_p99_ms'], '.2f')} "
+        f"| {fmt(st['rtt_mean_ms'], '.3f')} | {st['servers_cpu_pct_of_core']:.1f} "
+        f"| {st['machine_busy_pct_of_core']:.0f} | {st['others_pct_of_core']:.0f} |"
+    )
+
+
+def _w8_shards(f: dict[str, Any]) -> list[str]:
+    c, own, st = f["connect"], f.get("ownership"), f["steady"]
+    rows = []
+    for i, lg in enumerate(f["logs"]):
+        owned = own["per_shard"][i]["wsmon_targets"] if own else c["owned"][i]
+        rows.append(
+            f"| {i} | {owned} | {fmt(c['loaded_after_s'][i])} | {fmt(c['loaded_cpu_s'][i])} "
+            f"| {fmt(lg['last_connect_s'])} | {c['daemons_cpu_each_s'][i]:.1f} "
+            f"| {st['rss_kb'][i] / 1024:.0f} | {st['peak_rss_kb'][i] / 1024:.0f} |"
+        )
+    return [
+        "| shard | targets (`wsmon_targets`) | `config.loaded` after, s | its CPU s by then "
+        "| last `connect.ok`, s | CPU s until all connected | RSS MiB | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _w8_ran_out(w8: dict[str, Any]) -> str:
+    """What each attempt ran short of, in words."""
+    parts = []
+    for a in w8["attempts"]:
+        c, d = a["connect"], a["diagnosis"]
+        failed = ", ".join(f"{k} {v}" for k, v in sorted(d["connect_failed"].items())) or "none"
+        what = d["ran_out"] or "nothing"
+        parts.append(
+            f"{c['targets']} targets: {what} (connect failures by reason: {failed}; "
+            f"`fd_budget.short` lines {d['fd_budget_short']}; lines at level error "
+            f"{d['error_lines']}; MemAvailable at its lowest "
+            f"{c['mem_available_low_kb'] / 2**20:.1f} of {c['mem_available_start_kb'] / 2**20:.1f}"
+            f" GiB; the machine's CPU {c['machine_busy_pct']:.0f} % busy while connecting)"
+        )
+    return "; ".join(parts)
+
+
+def _w8(w8: dict[str, Any]) -> list[str]:
+    f, single, one = w8["fleet"], w8["single"], w8["one"]
+    plan = f["connect"]["servers"]
+    st = f.get("steady", {})
+    why = (
+        f" (not {w8['goal_targets']}: one process's descriptors, hard limit "
+        f"{plan['nofile_hard']}, hold its targets plus the daemon's reserve only up to this "
+        "size)" if w8["single_limited_by_fds"] else ""
+    )  # fmt: skip
+    out = [
+        "### 8. A fleet of shards",
+        "",
+        f"{w8['goal_targets']} targets, one probe each, `{{name: ping, send: {{ping: 1}}, "
+        f"expect: {{msg_type: ping}}, interval: {w8['interval_s']:g}s}}` and no other, in one "
+        f"config that every shard reads; {w8['shards']} shards, `python -m monitor run "
+        "--config FILE --shard I/N --log-format json` (the `wsmon` command from the run's copy "
+        f"of monitor/; default event loop: {st.get('loop', 'n/a')}, seen mapped in the "
+        f"process; default receive path: {', '.join(st.get('receive_paths', [])) or 'n/a'}), "
+        "all started at once. The targets are spread over node servers "
+        "(`bench/node/server.js`), target tI at server I mod servers, each server on a "
+        f"loopback address of its own ({', '.join(plan['hosts'])}; {plan['per_server']} "
+        f"connections each at most): from one source address a destination (address, port) "
+        f"takes at most the ephemeral port range ({plan['port_range'][0]}-"
+        f"{plan['port_range'][1]}, {plan['ephemeral_ports']} ports), and a process at most "
+        f"its descriptors (hard limit {plan['nofile_hard']}, every process raises its soft "
+        "limit to it), so a server takes at most 3/4 of the smaller "
+        f"({plan['per_server_max']}). Each server counts the open connections of each target "
+        "(named by `?target=tI`). Connect-all runs from the start of the shard processes until "
+        "the servers hold every target's connection (polled every 0.25 s); then "
+        "`wsmon_connected` is summed over the shards' `/metrics` until it adds up. A probe "
+        f"interval after that (every target answered once) each daemon was scraped "
+        f"{st.get('scrapes_each', 'n/a')} times (gzip) and its VmRSS read; then a steady window "
+        f"of {fmt(st.get('window_s'))} s: CPU is utime + stime from `/proc/<pid>/stat` of "
+        "each daemon over its own span between two scrapes (the scrapes' own CPU outside), "
+        "summed as rates; round trips, probe timeouts and send lag from the daemons' "
+        "`/metrics`. The single daemon is `python -m monitor run --config FILE` (no shard "
+        f"flags) with {single['targets']} targets{why}, measured the same way on node servers "
+        "of its own; the one-target daemon is the fixed cost of a process.",
+        "",
+        "Attempts (the first at the goal's size; a smaller one follows when an attempt does "
+        "not hold):",
+        "",
+        "| targets | shards | node servers | connect-all s (servers' counts) "
+        f"| `wsmon_connected` adds up, s | connected at {w8['goal_s']:g} s "
+        "| machine CPU busy while connecting, % of the cores "
+        "| shards' CPU s (until their configs were loaded) "
+        "| node servers' CPU s | exactly once | held | ran short of |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(_w8_attempt_row(a) for a in w8["attempts"]),
+        "",
+        f"What ran out: {_w8_ran_out(w8)}.",
+        "",
+    ]
+    if "steady" in f:
+        fc = f["connect"]
+        curve = ", ".join(f"{t:.0f} s: {n}" for t, n in fc["curve"])
+        out += [
+            f"The fleet of {f['targets']} (config file {fc['config_bytes'] / 2**20:.1f} MiB), "
+            f"connections at the servers over time: {curve}. While it connected the machine's "
+            f"CPU went to the shards ({fc['daemons_cpu_s']:.1f} s, "
+            f"{sum(fc['loaded_cpu_s']):.1f} s of it before their `config.loaded` lines), the "
+            f"node servers ({fc['servers_cpu_s']:.1f} s), interrupts "
+            f"({fc['interrupts_cpu_s']:.1f} s), this harness ({fc['harness_cpu_s']:.1f} s) and "
+            f"other processes ({fc['others_cpu_s']:.1f} s). Descriptors once every target was "
+            f"connected: shards {', '.join(str(x) for x in fc['daemon_fds'])} (soft limits "
+            f"{', '.join(str(x) for x in sorted(set(fc['daemon_nofile'])))}), node servers "
+            f"{', '.join(str(x) for x in fc['server_fds'])} (soft limits "
+            f"{', '.join(str(x) for x in sorted(set(fc['server_nofile'])))}).",
+            "",
+            *_w8_shards(f),
+            "",
+            "| daemons | targets | processes | connect-all s | RSS MiB, sum | KiB per target "
+            "| CPU % of a core | CPU us per target per s | CPU us per round trip "
+            "| round trips per s | probe timeouts | send lag p99 ms | RTT mean ms "
+            "| node servers CPU % | machine busy, % of a core | other processes, % of a core |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            _w8_compare_row("fleet", f),
+            _w8_compare_row("single daemon", single),
+            _w8_compare_row("one target", one),
+            "",
+        ]
+    own = w8["attempts"][0].get("ownership")
+    if own:
+        shards = "; ".join(
+            f"{i}: {p['connected']} connected of {p['series']} series, `wsmon_targets` "
+            f"{p['wsmon_targets']}, `wsmon_config_targets` {p['wsmon_config_targets']}"
+            for i, p in enumerate(own["per_shard"])
+        )
+        out += [
+            f"Ownership at {own['targets']} targets: per shard {shards}. At the servers, "
+            f"targets whose connection was accepted more than once (a reconnect) "
+            f"{own['servers_reconnected']}."
+            + (f" Examples of exceptions: {', '.join(own['examples'])}." if own["examples"]
+               else ""),
+            "",
+        ]  # fmt: skip
+    return out
+
+
 def _profile(prof: dict[str, Any]) -> list[str]:
     out = ["### Where wsmon spends CPU (workload 1 size, stock asyncio)", "", prof["note"], ""]
     if prof["top"]:
@@ -453,7 +623,7 @@ def _profile(prof: dict[str, Any]) -> list[str]:
 def details(res: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, part in (("w1", _w1), ("w2", _w2), ("w3", _w3), ("w4", _w4), ("w5", _w5),
-                      ("w6", _w6), ("w7", _w7), ("profile", _profile)):  # fmt: skip
+                      ("w6", _w6), ("w7", _w7), ("w8", _w8), ("profile", _profile)):  # fmt: skip
         if res.get(key):
             out += part(res[key])
     return out
@@ -550,7 +720,7 @@ def machine_text(m: dict[str, Any]) -> str:
 def render(merged: dict[str, Any]) -> str:
     """The bench.run section of RESULTS.md, from the merged results."""
     res = merged["results"]
-    keys = [k for k in ("1", "2", "3", "4", "5", "6", "7", "profile") if k in merged["runs"]]
+    keys = [k for k in ("1", "2", "3", "4", "5", "6", "7", "8", "profile") if k in merged["runs"]]
     out = [
         MAIN[0],
         "## Performance workloads (`bench/run.py`)",
@@ -564,7 +734,9 @@ def render(merged: dict[str, Any]) -> str:
         "`python -m bench.run [--quick] [--only 1,3] [--monitor-rev REV] [--profile] "
         "[--no-write] [--json PATH]` (workloads 1 to 5 and 7 unless `--only` says otherwise), "
         "`python -m bench.run --only 6` for workload 6 (a real Prometheus: the `prometheus` "
-        "binary on PATH; `--w6-variants classic,native`), and `python -m bench.run --only 1 "
+        "binary on PATH; `--w6-variants classic,native`), `python -m bench.run --only 8` for "
+        "workload 8 (a fleet of 10 shards with 100,000 targets on this machine, about 10 "
+        "minutes), and `python -m bench.run --only 1 "
         "--hooks-ablation` for the section after this one. `--quick` is a smoke test "
         "(`tests/test_bench.py`). "
         "The children run monitor/ from a copy made at the start (or as committed at "

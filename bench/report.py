@@ -221,6 +221,86 @@ def _w7_stale(res: Results) -> Measured | None:
     return p99, shown
 
 
+def _w8_first(res: Results) -> dict[str, Any] | None:
+    """Workload 8's first attempt: the goal's size."""
+    w8 = res.get("w8")
+    return w8["attempts"][0] if w8 else None
+
+
+def _w8_connect(res: Results) -> Measured | None:
+    if (a := _w8_first(res)) is None:
+        return None
+    c = a["connect"]
+    where = f"{c['targets']} targets over {c['shards']} shards"
+    if not c["all_connected"]:
+        shown = (
+            f"not every target connected: {c['open_at_end']} of {c['targets']} after "
+            f"{c['elapsed_s']:.0f} s ({c['open_at_goal']} at {c['goal_s']:g} s); {where}"
+        )
+        return math.inf, shown
+    metrics = c["metrics_connected_s"]
+    shown = (
+        f"{c['connect_s']:.1f} s by the servers' counts, {fmt(metrics)} s by "
+        f"`wsmon_connected` summed over the shards; {where} ({c['open_at_goal']} connected "
+        f"at {c['goal_s']:g} s)"
+    )
+    return float(c["connect_s"]), shown
+
+
+def _w8_memory(res: Results) -> Measured | None:
+    w8 = res.get("w8")
+    if not w8 or "steady" not in w8["fleet"]:
+        return None
+    f, st = w8["fleet"], w8["fleet"]["steady"]
+    shown = (
+        f"{st['rss_kib_per_target']:.2f} KiB ({st['rss_sum_kb'] / 1024:.0f} MiB over "
+        f"{f['shards']} shards / {f['targets']} targets, after {st['scrapes_each']} scrapes "
+        "of each)"
+    )
+    single = w8["single"].get("steady")
+    if single:
+        shown += (
+            f"; a single daemon of {w8['single']['targets']} targets: "
+            f"{single['rss_kib_per_target']:.2f} KiB"
+        )
+    return st["rss_kib_per_target"], shown
+
+
+def _w8_once(res: Results) -> Measured | None:
+    if (a := _w8_first(res)) is None:
+        return None
+    own = a.get("ownership")
+    if own is None:
+        return math.inf, "not checked: not every target connected"
+    n = own["targets"]
+    shown = (
+        f"{own['violations']} exceptions: at the servers {own['servers_exactly_once']} of {n} "
+        f"targets with exactly one open connection ({own['servers_missing']} with none, "
+        f"{own['servers_more_than_once']} with more); in the shards' metrics "
+        f"{own['metrics_exactly_once']} exported as connected by exactly one shard "
+        f"({own['metrics_no_shard']} by none, {own['metrics_several_shards']} by several); "
+        f"{own['unknown_targets']} names not in the config"
+    )
+    return own["violations"], shown
+
+
+def _w8_size(res: Results) -> Measured | None:
+    w8 = res.get("w8")
+    if not w8:
+        return None
+    tried = "; ".join(
+        f"{a['targets']}: "
+        + (f"{a['connect']['connect_s']:.1f} s" if a["connect"]["all_connected"]
+           else f"{a['connect']['open_at_end']} connected after "
+                f"{a['connect']['elapsed_s']:.0f} s")
+        + (", held" if a["held"] else ", did not hold")
+        for a in w8["attempts"]
+    )  # fmt: skip
+    largest = w8["largest_held"]
+    shown = f"{largest or 'no'} targets over {w8['shards']} shards (attempts: {tried})"
+    return w8["goal_targets"] - largest, shown
+
+
 GOALS = (
     Goal("1a", 1, "CPU per probe round trip, stock asyncio", "<= 1.0x the floor",
          "wsmon (default receive path) over the floor's CPU per round trip in the same round; "
@@ -276,7 +356,29 @@ GOALS = (
          "log line's timestamp minus (the server's time of that stream's last message + "
          "`max_gap`); p99 by nearest rank over the stopped streams of every round (one never "
          "declared stale counts as infinitely late)", 50.0, _w7_stale),
+    Goal("8a", 8, "fleet connect-all, 100,000 targets over 10 shards at 30 s", "<= 60 s",
+         "from the start of the shard processes (`wsmon run --shard I/N`, all at once) until "
+         "the node servers hold every target's connection (their counts polled every 0.25 s); "
+         "`wsmon_connected` summed over the shards' `/metrics` confirms (scraped from then on)",
+         60.0, _w8_connect),
+    Goal("8b", 8, "fleet memory per target, every shard's VmRSS", "<= 20 KiB",
+         "VmRSS of the shard processes summed (nothing subtracted), a probe interval after "
+         "every target connected and after a few scrapes of each shard, over the targets",
+         20.0, _w8_memory),
+    Goal("8c", 8, "every target owned exactly once", "0 exceptions",
+         "at the servers, each target's open connections (named by its URL's `?target=`) = 1; "
+         "in the shards' `/metrics`, exactly one shard exports the target's `wsmon_connected` "
+         "and it says 1; no name outside the config", 0.0, _w8_once),
+    Goal("8d", 8, "the largest fleet this machine holds", ">= 100,000 targets",
+         "the largest attempt (10 shards) with every target connected within 8a's 60 s and "
+         "each exactly once (8c); when the goal's size does not hold, smaller fleets are "
+         "tried, each scaled by how far the last one fell short", 0.0, _w8_size),
 )  # fmt: skip
+
+
+def goal_limit(goal_id: str) -> float:
+    """A goal's threshold (workload 8 steps down by its connect-all goal)."""
+    return next(g.limit for g in GOALS if g.id == goal_id)
 
 
 def goals_table() -> str:
@@ -357,6 +459,41 @@ def comparisons(res: Results) -> list[Row]:
         rows += _w6_comparisons(w6)
     if w7 := res.get("w7"):
         rows += _w7_rows(w7)
+    if w8 := res.get("w8"):
+        rows += _w8_rows(w8)
+    return rows
+
+
+def _w8_rows(w8: dict[str, Any]) -> list[Row]:
+    """The fleet against the single daemon: CPU and memory per target, connect-all."""
+    f, one = w8["fleet"], w8["one"]
+    single = w8["single"]
+    fs, ss = f.get("steady"), single.get("steady")
+    rows: list[Row] = []
+    if fs and ss:
+        why = (" (the largest whose descriptors fit one process)"
+               if w8["single_limited_by_fds"] else "")  # fmt: skip
+        rows.append(Row(
+            "(comparison)", 8, "CPU per target, fleet vs a single daemon",
+            f"fleet {fs['cpu_us_per_target_s']:.2f} us per target per second "
+            f"({f['targets']} targets, {fs['cpu_pct_of_core']:.1f} % of a core in all); "
+            f"single {ss['cpu_us_per_target_s']:.2f} us ({single['targets']} targets{why}); "
+            f"fleet / single {fs['cpu_us_per_target_s'] / ss['cpu_us_per_target_s']:.2f}",
+            "", None))  # fmt: skip
+        rows.append(Row(
+            "(comparison)", 8, "memory per target, fleet vs a single daemon",
+            f"fleet {fs['rss_kib_per_target']:.2f} KiB, single {ss['rss_kib_per_target']:.2f} "
+            f"KiB; fleet / single {fs['rss_kib_per_target'] / ss['rss_kib_per_target']:.2f}",
+            "", None))  # fmt: skip
+    sc = single["connect"]
+    rows.append(Row(
+        "(comparison)", 8, f"single daemon of {single['targets']} targets, connect-all",
+        f"{fmt(sc['connect_s'])} s" if sc["all_connected"] else
+        f"not every target connected ({sc['open_at_end']} after {sc['elapsed_s']:.0f} s)",
+        "", None))  # fmt: skip
+    if os_ := one.get("steady"):
+        rows.append(Row("(comparison)", 8, "a daemon with one target (a process's fixed cost)",
+                        f"{os_['rss_sum_kb'] / 1024:.1f} MiB resident", "", None))  # fmt: skip
     return rows
 
 

@@ -7,9 +7,11 @@ Run from the repository root::
     python -m bench.run --only 6 [--quick] [--w6-variants classic,native]
     python -m bench.run --only 1 --hooks-ablation [--quick] [--rounds N]
     python -m bench.run --only 7 [--quick]
+    python -m bench.run --only 8 [--quick]
 
 Without ``--only``, workloads 1 to 5 and 7 run; workload 6 (a real Prometheus, the
-``prometheus`` binary on PATH, a few minutes per variant) runs only when named in ``--only``.
+``prometheus`` binary on PATH, a few minutes per variant) and workload 8 (a fleet of 10 shards
+with 100,000 targets, about 10 minutes) run only when named in ``--only``.
 
 The workloads are in ``bench/workloads.py``, how one client is measured in
 ``bench/measure.py``, the goals and their judging in ``bench/report.py``. Every figure printed
@@ -47,8 +49,8 @@ REQUIRED = {
     "uvloop": "wsmon with the speed-ups (workload 1, the ablation)",
     "prometheus_client": "the scrape baseline (workload 3)",
 }
-WORKLOADS = {1, 2, 3, 4, 5, 6, 7}
-DEFAULT = {1, 2, 3, 4, 5, 7}  # workload 6 only when asked for
+WORKLOADS = {1, 2, 3, 4, 5, 6, 7, 8}
+DEFAULT = {1, 2, 3, 4, 5, 7}  # workloads 6 and 8 only when asked for
 
 
 def preflight(only: set[int], ablation: bool) -> None:
@@ -88,6 +90,8 @@ async def run_all(run: Run, profile: bool, ablation: bool) -> None:
         await workloads.workload6(run)
     if 7 in run.only:
         await workloads.workload7(run)
+    if 8 in run.only:
+        await workloads.workload8(run)
     if profile:
         await workloads.profile_wsmon(run)
 
@@ -123,7 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     only = set(DEFAULT) if args.only is None else {
         int(x) for x in args.only.split(",") if x.strip()}  # fmt: skip
     if not only <= WORKLOADS:
-        p.error("--only takes workload numbers 1 to 7")
+        p.error("--only takes workload numbers 1 to 8")
     variants = tuple(v.strip() for v in args.w6_variants.split(",") if v.strip())
     unknown = sorted(set(variants) - set(workloads.W6_VARIANTS))
     if unknown or not variants or len(set(variants)) != len(variants):

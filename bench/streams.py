@@ -32,6 +32,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,16 +112,23 @@ def stamp_digits(stamp: str) -> int:
 
 
 class Wsmon:
-    """``python -m monitor run --config FILE`` in the run's copy of monitor/, its stderr (the
-    JSON log) in a file that is read as it grows."""
+    """``python -m monitor run --config FILE [ARGS]`` in the run's copy of monitor/, its stderr
+    (the JSON log) in a file that is read as it grows. The config is `doc`, written to a file
+    of its own, or a file `config` already written (the shards of a fleet share one)."""
 
-    def __init__(self, src: Path, workdir: Path, name: str, doc: dict[str, Any]) -> None:
+    def __init__(
+        self, src: Path, workdir: Path, name: str, doc: dict[str, Any] | None = None, *,
+        config: Path | None = None, args: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         self.src = src
         self.name = name
-        self.config = workdir / f"{name}.yaml"
         self.log = workdir / f"{name}.log"
-        self.config.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")  # JSON is YAML
-        self.argv = ["-m", "monitor", "run", "--config", str(self.config)]
+        if config is None:
+            assert doc is not None
+            config = workdir / f"{name}.yaml"
+            config.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")  # JSON is YAML
+        self.config = config
+        self.argv = ["-m", "monitor", "run", "--config", str(self.config), *args]
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, Any]] = []  # every log line read so far
         self._read_to = 0

@@ -1,4 +1,4 @@
-"""The seven workloads, the hooks ablation and the profile; each puts its figures in
+"""The eight workloads, the hooks ablation and the profile; each puts its figures in
 `Run.results` (the report judges and renders them, see `bench.report`).
 
 1. CPU per probe round trip: 1,000 targets, 1 s interval; the clients of `W1_CLIENTS` in
@@ -20,7 +20,11 @@
    Prometheus holds and uses then, from its own ``/metrics`` and its query API;
 7. streams: 1,000 subscription streams at 10 messages a second (``bench.streams``): wsmon's
    CPU per stream message against a floor's in the same round, how soon it declares a
-   stopped stream stale, and its count of messages against the server's.
+   stopped stream stale, and its count of messages against the server's;
+8. fleet: 100,000 targets at 30 s over 10 shards (``wsmon run --shard I/N``) on this machine
+   (``bench.fleet``): connect-all time, each target exactly once (at the servers and in the
+   shards' metrics), memory and CPU per target against a single daemon; smaller fleets when
+   the goal's does not hold.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from . import nodeserver, promserver, streams
+from . import fleet, nodeserver, promserver, streams
 from .common import summary
 from .harness import (
     BenchError,
@@ -98,6 +102,14 @@ class Sizes:
     w7_rounds: int  # the floor and wsmon in turn, this many times
     w7_stalled: int  # streams stopped per wsmon round
     w7_stall_gap_ms: float  # between one stream's stop and the next's
+    w8_targets: int  # the fleet's targets (the goal's size)
+    w8_shards: int
+    w8_interval: float  # each target's one probe
+    w8_window: float  # the steady window (CPU)
+    w8_scrapes: int  # scrapes of each daemon before its memory is read
+    w8_deadline: float  # seconds an attempt waits for every target to connect
+    w8_attempts: int  # the goal's size, then smaller fleets while one does not hold
+    w8_per_server: int  # at most this many connections per node server
 
 
 FULL = Sizes(
@@ -111,6 +123,8 @@ FULL = Sizes(
     w6_targets=10_000, w6_interval=30.0, w6_ingest=180.0, w6_scrape_interval=5.0,
     w7_streams=1000, w7_rate=10.0, w7_max_gap=1.0, w7_warmup=5.0, w7_window=20.0,
     w7_rounds=3, w7_stalled=100, w7_stall_gap_ms=13.0,
+    w8_targets=100_000, w8_shards=10, w8_interval=30.0, w8_window=60.0, w8_scrapes=3,
+    w8_deadline=180.0, w8_attempts=4, w8_per_server=15_000,
 )  # fmt: skip
 QUICK = Sizes(
     name="quick", warmup=0.5,
@@ -123,6 +137,8 @@ QUICK = Sizes(
     w6_targets=100, w6_interval=0.5, w6_ingest=20.0, w6_scrape_interval=2.0,
     w7_streams=20, w7_rate=10.0, w7_max_gap=0.3, w7_warmup=0.5, w7_window=1.0,
     w7_rounds=1, w7_stalled=4, w7_stall_gap_ms=20.0,
+    w8_targets=300, w8_shards=3, w8_interval=2.0, w8_window=2.0, w8_scrapes=2,
+    w8_deadline=60.0, w8_attempts=1, w8_per_server=120,
 )  # fmt: skip
 
 
@@ -625,6 +641,15 @@ async def _ingest(prom: promserver.PromServer, child: Child, seconds: float) -> 
 async def workload7(run: Run) -> None:
     """Subscription streams: the floor and wsmon in turn (see `bench.streams`)."""
     run.results["w7"] = await streams.measure(run.sizes, run.launcher, run.log_dir)
+
+
+# --- workload 8: a fleet of shards --------------------------------------------------------
+
+
+async def workload8(run: Run) -> None:
+    """A fleet of `wsmon run --shard I/N` processes against a single daemon (see
+    `bench.fleet`)."""
+    run.results["w8"] = await fleet.measure(run.sizes, run.launcher, run.log_dir)
 
 
 # --- profile ----------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 two each (the real node server from ``bench/node``; the floor, websockets-library and wsmon
 clients in their own processes, wsmon on both receive paths; the scrape baseline; the stream
 floor and ``wsmon run`` against the server's tick streams), and
-``--only 1 --hooks-ablation --quick`` the hooks ablation. This asserts that they run and
+``--only 1 --hooks-ablation --quick`` the hooks ablation, ``--only 8 --quick`` the fleet (three
+``wsmon run --shard I/3`` processes, three node servers). This asserts that they run and
 that every figure is present, parsable and positive, not how fast anything is: the goals are
 judged by the full-size run whose figures are in ``bench/RESULTS.md``, which these tests
 must not touch (``--no-write``). Node.js and npm are part of the machine image: without
@@ -185,6 +186,35 @@ def test_hooks_ablation_runs_each_configuration(tmp_path: Path) -> None:
         _positive(a["ratio"][key], f"ablation.ratio.{key}")
     assert set(a["vs_all"]) == set(expected) - {"all"}
     assert "What each hook buys" in report["stdout"]
+
+
+@pytest.mark.timeout(120)
+def test_fleet_runs_shards_and_a_single_daemon(tmp_path: Path) -> None:
+    """Workload 8 at a few hundred targets: every target connected exactly once over the
+    shards and the servers, and memory and CPU per target measured for the fleet, the single
+    daemon and the one-target daemon."""
+    report = _bench(tmp_path, "--only", "8", "--quick", timeout=100)
+    w8 = report["results"]["w8"]
+    first = w8["attempts"][0]
+    c, own = first["connect"], first["ownership"]
+    assert c["all_connected"], c
+    assert c["servers"]["servers"] > 1, "the plan should spread the targets over servers"
+    _positive(c["connect_s"], "w8.connect_s")
+    _positive(c["metrics_connected_s"], "w8.metrics_connected_s")
+    assert own["violations"] == 0, own
+    assert own["servers_exactly_once"] == own["metrics_exactly_once"] == w8["goal_targets"]
+    assert sum(p["wsmon_targets"] for p in own["per_shard"]) == w8["goal_targets"]
+    assert {p["wsmon_config_targets"] for p in own["per_shard"]} == {w8["goal_targets"]}
+    assert len(own["per_shard"]) == w8["shards"]
+    for key in ("fleet", "single", "one"):
+        st = w8[key]["steady"]
+        for name in ("rss_kib_per_target", "cpu_s_per_s", "window_s"):
+            _positive(st[name], f"w8.{key}.{name}")
+        assert st["receive_paths"] == ["hooked"], st["receive_paths"]
+    _positive(w8["fleet"]["steady"]["round_trips"], "w8.fleet.round_trips")
+    assert w8["largest_held"] == w8["goal_targets"]
+    judged = {v["goal"] for v in report["verdicts"] if v["verdict"] in ("PASS", "FAIL")}
+    assert judged == {"8a", "8b", "8c", "8d"}
 
 
 def test_same_run_comparison_of_two_revisions() -> None:

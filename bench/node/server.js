@@ -39,6 +39,10 @@
  *   GET /quiet            every subscription stops sending at once (for a count of what was
  *                         sent that no tick in flight can change); /reset ends the quiet
  *   GET /clock            the wall clock as this process keeps it for the records (ms)
+ *   GET /targets          per connection named by its URL (the `target` query parameter):
+ *                         connections open now and upgrades completed since the start,
+ *                         {"open": {name: n}, "accepted": {name: n}} (workload 8 checks each
+ *                         target is connected exactly once)
  * SIGUSR2 prints the same stats as one JSON line on stdout; SIGTERM/SIGINT end the process.
  *
  * Handshake concurrency: an upgrade is "in progress" from the `upgrade` event (request
@@ -95,6 +99,9 @@ let subscriptionsActive = 0;
 let quiet = false; // /quiet: no subscription sends
 let stallRecords = [];
 let connectionSeq = 0;
+// Per connection name: open now, and accepted since the start (never reset).
+const openByTarget = new Map();
+const acceptedByTarget = new Map();
 
 // The wall clock with sub-millisecond steps (Date.now() has whole milliseconds only).
 function wallMs() {
@@ -309,6 +316,11 @@ function handleHttp(req, res) {
     body = stats();
   } else if (parsed.pathname === '/clock') {
     body = { wall_ms: wallMs() };
+  } else if (parsed.pathname === '/targets') {
+    body = {
+      open: Object.fromEntries(openByTarget),
+      accepted: Object.fromEntries(acceptedByTarget),
+    };
   } else {
     res.writeHead(404, { 'Content-Type': 'text/plain' });
     res.end('not found\n');
@@ -362,10 +374,21 @@ server.on('upgrade', (req, socket, head) => {
         subs: new Map(),
         stalled: false,
       };
+      // Counted by name only when the URL names the connection (workloads 7 and 8).
+      const name = typeof target === 'string' ? target : null;
+      if (name !== null) {
+        openByTarget.set(name, (openByTarget.get(name) || 0) + 1);
+        acceptedByTarget.set(name, (acceptedByTarget.get(name) || 0) + 1);
+      }
       ws.on('message', (data, isBinary) => onMessage(ws, data, isBinary));
       ws.on('error', () => {});
       ws.on('close', () => {
         counters.closed_total += 1;
+        if (name !== null) {
+          const left = openByTarget.get(name) - 1;
+          if (left > 0) openByTarget.set(name, left);
+          else openByTarget.delete(name);
+        }
         for (const sub of [...ws.wsmonConn.subs.values()]) endSubscription(ws.wsmonConn, sub);
       });
     });
