@@ -129,6 +129,7 @@ test-compat: $(COMPAT_STAMP) tools
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.run --only 6
+	$(BIN)/python -m bench.run --only 8
 	$(BIN)/python -m bench.soak --cycles 10000
 
 # Re-resolve the locked dependencies (after a change to pyproject.toml's dependencies).
