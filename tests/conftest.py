@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp.client
 import pytest
@@ -79,6 +81,32 @@ def target(name: str, url: str, **extra: Any) -> dict[str, Any]:
     }  # fmt: skip
     entry.update(extra)
     return entry
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (connections to it are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def refused(name: str) -> dict[str, Any]:
+    """A target whose every handshake is refused, trying again each second."""
+    return target(
+        name,
+        f"ws://127.0.0.1:{closed_port()}/ws",
+        reconnect={"initial_delay": "1s", "max_delay": "1s"},
+    )
+
+
+def missing(what: str) -> NoReturn:
+    """Outside CI a missing tool skips the test; in CI, where `make test` installs every
+    one, it fails it."""
+    message = f"{what} is needed (`make test` installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 StartDaemon = Callable[..., Awaitable[Harness]]

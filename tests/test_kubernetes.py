@@ -16,10 +16,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import yaml
+from conftest import missing
 from kubernetes_validate import utils as kv
 
 ROOT = Path(__file__).parent.parent
@@ -37,15 +38,6 @@ KUSTOMIZE_V2_FIELDS = {
     "commonAnnotations", "configMapGenerator", "secretGenerator", "generatorOptions", "images",
     "patchesStrategicMerge", "patchesJson6902",
 }  # fmt: skip
-
-
-def missing(what: str) -> NoReturn:
-    """Outside CI a missing tool skips the test; in CI, where `make test` installs every
-    one, it fails it."""
-    message = f"{what} is needed (`make test` installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def tool(name: str, how: str) -> str:

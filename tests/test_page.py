@@ -6,19 +6,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import re
 import shutil
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import aiohttp
 import bcrypt
 import pytest
 import yaml
-from conftest import Harness, StartDaemon, target
+from conftest import Harness, StartDaemon, missing, refused, target
 from prometheus_client.parser import text_string_to_metric_families
 from wsserver import WSTestServer
 
@@ -41,15 +39,6 @@ USERINFO_PASSWORD = "pa55-in-the-url"
 PHONE = {"width": 390, "height": 844}
 
 OpenPage = Callable[..., Awaitable[Any]]
-
-
-def missing(what: str) -> NoReturn:
-    """Outside CI a missing tool skips the test; in CI, where `make test` installs every
-    one, it fails it."""
-    message = f"{what} is needed (`make test` installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture
@@ -84,23 +73,6 @@ async def open_page() -> AsyncIterator[OpenPage]:
             yield open_
         finally:
             await browser.close()
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (connections to it are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def refused(name: str) -> dict[str, Any]:
-    """A target whose every handshake is refused, trying again each second."""
-    return target(
-        name,
-        f"ws://127.0.0.1:{closed_port()}/ws",
-        reconnect={"initial_delay": "1s", "max_delay": "1s"},
-    )
 
 
 async def until(page: Any, predicate: str, arg: Any = None, timeout: float = 5.0) -> None:

@@ -9,18 +9,16 @@ import os
 import pty
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import bcrypt
 import pytest
 import yaml
 from certs import PKI, make_pki
-from conftest import StartDaemon, target
+from conftest import StartDaemon, closed_port, refused, target
 from wsserver import WSTestServer
 
 from monitor import statuscli
@@ -75,21 +73,6 @@ async def wsmon_on_a_terminal(*args: str, env: dict[str, str] | None = None) -> 
         return (await reader).decode()
     finally:
         os.close(master)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def refused(name: str) -> dict[str, Any]:
-    return target(
-        name,
-        f"ws://127.0.0.1:{closed_port()}/ws",
-        reconnect={"initial_delay": "1s", "max_delay": "1s"},
-    )
 
 
 def table(out: str) -> list[list[str]]:
