@@ -29,8 +29,8 @@ RECONNECTS_KEPT = 64
 HOUR = 3600.0
 MAX_LIMIT = 1000  # targets in one answer at most
 # Targets looked at, and described, between two yields to the event loop.
-SLICE = 500
-DESCRIBE_SLICE = 100
+SLICE = 250
+DESCRIBE_SLICE = 50
 
 
 class Recent:
