@@ -170,15 +170,8 @@ def target_url(url: str, i: int) -> str:
     return f"{url}?target=t{i}"
 
 
-class StreamFloorClient:
+class StreamFloorClient(FloorClient):
     """One aiohttp ClientSession; per target one WebSocket, one subscribe, one receive loop."""
-
-    def __init__(self, args: argparse.Namespace, rec: Recorder) -> None:
-        self.args = args
-        self.rec = rec
-        self.tasks: list[asyncio.Task[None]] = []
-        self.open = 0
-        self.session: Any = None
 
     async def start(self) -> None:
         import aiohttp
