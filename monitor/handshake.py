@@ -17,8 +17,8 @@ from .anatomy import Timed, TLSFacts, client_context, tls_facts
 from .config import TargetConfig
 from .correlation import Correlator
 from .fdbudget import is_resource_error
+from .handles import TargetMetrics
 from .log import redact_url
-from .metrics import TargetMetrics
 from .proxy import TUNNEL_ERRORS
 from .replies import judge_auth, parse
 

@@ -11,7 +11,8 @@ from aiohttp import WSMsgType
 
 from .clock import start_eagerly
 from .correlation import Pending, Reply
-from .metrics import RATE_WINDOWS, planned_requests
+from .handles import planned_requests
+from .metrics import RATE_WINDOWS
 from .probes import SEND_ERRORS
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from .aiohooks import Hooks, ReadStamp, direct_queue
 from .clock import Clock
 from .config import TargetConfig
 from .correlation import Correlator, PongWaiters, Reply
-from .metrics import TargetMetrics
+from .handles import TargetMetrics
 from .probes import Liveness, ProbeRun
 from .replies import parse
 from .streams import StreamRun, subscription_of

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .log import redact_url
 
 if TYPE_CHECKING:
-    from .metrics import TargetMetrics
+    from .handles import TargetMetrics
     from .supervisor import TargetRunner
 
 STATES = ("connected", "connecting", "backoff", "failed")

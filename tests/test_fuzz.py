@@ -34,8 +34,9 @@ from monitor.aiohooks import Hooks
 from monitor.config import ConfigError, ProbeConfig
 from monitor.config.model import RawConfig
 from monitor.correlation import Correlator, Pending, Reply
+from monitor.handles import UNMATCHED_REASONS
 from monitor.log import Logging
-from monitor.metrics import UNMATCHED_REASONS, Metrics
+from monitor.metrics import Metrics
 from monitor.session import Runtime, Session
 
 FUZZ = settings(

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from wsserver import WSTestServer
 
 from monitor import series
-from monitor.metrics import CONNECT_BUCKETS, CONNECT_FAILURE_REASONS, Metrics
+from monitor.handles import CONNECT_FAILURE_REASONS
+from monitor.metrics import CONNECT_BUCKETS, Metrics
 from monitor.registry import Registry
 
 CONTRACT_FAMILIES = {

@@ -29,7 +29,7 @@ from wsserver import WSTestServer
 from monitor import config as config_mod
 from monitor.cli import main
 from monitor.config import ConfigError
-from monitor.config.model import parse_probe_url, parse_target_pattern
+from monitor.config.probeurls import parse_probe_url, parse_target_pattern
 from monitor.exposition import scrape_deadline
 
 WSMON = [sys.executable, "-m", "monitor"]

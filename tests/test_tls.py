@@ -21,7 +21,7 @@ from conftest import Harness, StartDaemon, target
 from wsserver import WSTestServer
 
 from monitor import config
-from monitor.metrics import CONNECT_FAILURE_REASONS
+from monitor.handles import CONNECT_FAILURE_REASONS
 
 
 @pytest.fixture(scope="session")
