@@ -42,16 +42,29 @@ import math
 import random
 import socket
 import struct
-import time
 import uuid
-from collections.abc import Coroutine, Mapping
-from types import MappingProxyType
-from typing import Any, Final, NamedTuple
+from collections.abc import Coroutine
+from typing import Any, Final
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-__all__ = ["CLOSE_CODES", "DEFAULT_APP_ID", "SYMBOLS", "WS_PATH", "DemoAPI"]
+from .demo_replies import (
+    PIP_SIZE,
+    STEP_SCALE,
+    SYMBOLS,
+    Rejected,
+    Stream,
+    build_reply,
+    decode,
+    error_reply,
+    forget,
+    forget_all,
+    stateless_reply,
+    tick_message,
+)
+
+__all__ = ["CLOSE_CODES", "DEFAULT_APP_ID", "SYMBOLS", "WS_PATH", "DemoAPI", "build_reply"]
 
 WS_PATH: Final = "/websockets/v3"
 DEFAULT_APP_ID: Final = 1089
@@ -68,182 +81,6 @@ _SPIKE_PROBABILITY: Final = 0.02
 _SPIKE_MIN: Final = 0.100
 _SPIKE_MAX: Final = 0.300
 _DROP_PROBABILITY: Final = 0.5
-
-#: Symbols ``ticks`` serves: the synthetic indices, each with (opening quote, annual volatility).
-SYMBOLS: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
-    {
-        "R_10": (6250.0, 0.10),
-        "R_25": (2800.0, 0.25),
-        "R_50": (180.0, 0.50),
-        "R_75": (40000.0, 0.75),
-        "R_100": (1250.0, 1.00),
-        "1HZ100V": (700.0, 1.00),
-    }
-)
-_PIP_SIZE: Final = 4
-# One random-walk step is one second of the index's volatility, whatever tick_interval is.
-_STEP_SCALE: Final = 1.0 / math.sqrt(365 * 24 * 3600)
-# The stream types forget_all accepts (the v3 API's list).
-_STREAM_TYPES: Final = frozenset(
-    {
-        "balance",
-        "candles",
-        "cashier_payments",
-        "crypto_estimations",
-        "p2p_advert",
-        "p2p_advertiser",
-        "p2p_order",
-        "p2p_settings",
-        "proposal",
-        "proposal_open_contract",
-        "ticks",
-        "trading_platform_asset_listing",
-        "transaction",
-        "website_status",
-    }
-)
-
-
-class _Rejected(Exception):
-    """A client message that is not a valid request; ``reply`` is the error to send."""
-
-    def __init__(self, echo_req: Any, message: str) -> None:
-        super().__init__(message)
-        self.reply = _error(echo_req, "InputValidationFailed", message)
-
-
-class _Stream(NamedTuple):
-    """One subscription of a connection: its symbol and the task sending its ticks."""
-
-    symbol: str
-    task: asyncio.Task[None]
-
-
-def _error(echo_req: Any, code: str, message: str) -> dict[str, Any]:
-    """Build a Deriv API error reply, echoing ``req_id`` when the request had one."""
-    reply: dict[str, Any] = {
-        "echo_req": echo_req,
-        "error": {"code": code, "message": message},
-        "msg_type": "error",
-    }
-    if isinstance(echo_req, dict) and "req_id" in echo_req:
-        reply["req_id"] = echo_req["req_id"]
-    return reply
-
-
-def _ok(req: dict[str, Any], msg_type: str, **fields: Any) -> dict[str, Any]:
-    """Build a Deriv API reply, echoing ``req_id`` when the request had one."""
-    reply: dict[str, Any] = {"echo_req": req, "msg_type": msg_type, **fields}
-    if "req_id" in req:
-        reply["req_id"] = req["req_id"]
-    return reply
-
-
-def _decode(data: str | bytes) -> dict[str, Any]:
-    """Parse one client frame into a request object, or raise :class:`_Rejected`."""
-    if isinstance(data, bytes):
-        raise _Rejected({}, "Input validation failed: binary frame")
-    try:
-        req = json.loads(data)
-    except ValueError:
-        raise _Rejected({}, "Input validation failed: invalid JSON") from None
-    if not isinstance(req, dict):
-        raise _Rejected(req, "Input validation failed: expected object")
-    return req
-
-
-def _website_status() -> dict[str, Any]:
-    return {
-        "api_call_limits": {
-            "max_proposal_subscription": {
-                "applies_to": "subscribing to proposal concurrently",
-                "max": 5,
-            },
-            # "requestes" is how the real API spells these keys.
-            "max_requestes_general": {"applies_to": "rates", "hourly": 14400, "minutely": 180},
-            "max_requestes_outcome": {
-                "applies_to": "portfolio, statement and proposal",
-                "hourly": 1500,
-                "minutely": 25,
-            },
-            "max_requestes_pricing": {
-                "applies_to": "proposal and proposal_open_contract",
-                "hourly": 3600,
-                "minutely": 80,
-            },
-        },
-        "clients_country": "",
-        "site_status": "up",
-        "supported_languages": ["EN"],
-    }
-
-
-def _stateless_reply(req: dict[str, Any]) -> dict[str, Any]:
-    if "ping" in req:
-        return _ok(req, "ping", ping="pong")
-    if "time" in req:
-        return _ok(req, "time", time=int(time.time()))
-    if "website_status" in req:
-        return _ok(req, "website_status", website_status=_website_status())
-    return _error(req, "UnrecognisedRequest", "Unrecognised request")
-
-
-def build_reply(data: str | bytes) -> dict[str, Any]:
-    """Return the Deriv-style reply for one client message that needs no connection state.
-
-    That is ping, time and website_status, and the errors for anything else; the
-    stream requests (ticks, forget, forget_all) are answered by the connection.
-    """
-    try:
-        req = _decode(data)
-    except _Rejected as exc:
-        return exc.reply
-    return _stateless_reply(req)
-
-
-def tick_message(
-    req: dict[str, Any], symbol: str, quote: float, subscription: str | None
-) -> dict[str, Any]:
-    """Build a tick message; ``subscription`` is the stream's id, None for a one-off tick."""
-    tick = {
-        "ask": quote,
-        "bid": quote,
-        "epoch": int(time.time()),
-        "pip_size": _PIP_SIZE,
-        "quote": quote,
-        "symbol": symbol,
-    }
-    if subscription is None:
-        return _ok(req, "tick", tick=tick)
-    return _ok(req, "tick", subscription={"id": subscription}, tick={"id": subscription, **tick})
-
-
-def _forget(req: dict[str, Any], streams: dict[str, _Stream]) -> dict[str, Any]:
-    sub_id = req["forget"]
-    if not isinstance(sub_id, str):
-        return _error(req, "InputValidationFailed", "Input validation failed: forget")
-    stream = streams.pop(sub_id, None)
-    if stream is not None:
-        # The reply goes out after this; a cancelled task sends nothing more.
-        stream.task.cancel()
-    return _ok(req, "forget", forget=int(stream is not None))
-
-
-def _forget_all(req: dict[str, Any], streams: dict[str, _Stream]) -> dict[str, Any]:
-    kinds = req["forget_all"]
-    if isinstance(kinds, str):
-        kinds = [kinds]
-    if not (
-        isinstance(kinds, list)
-        and kinds
-        and all(isinstance(kind, str) and kind in _STREAM_TYPES for kind in kinds)
-    ):
-        return _error(req, "InputValidationFailed", "Input validation failed: forget_all")
-    # Ticks are the only streams this API serves.
-    forgotten = list(streams) if "ticks" in kinds else []
-    for sub_id in forgotten:
-        streams.pop(sub_id).task.cancel()
-    return _ok(req, "forget_all", forget_all=forgotten)
 
 
 class DemoAPI:
@@ -386,9 +223,9 @@ class DemoAPI:
     def _tick(self, req: dict[str, Any], symbol: str, sub_id: str | None) -> dict[str, Any]:
         """Step the symbol's random walk (geometric, like the index) and build the tick."""
         volatility = SYMBOLS[symbol][1]
-        quote = self._quotes[symbol] * math.exp(volatility * _STEP_SCALE * self._rng.gauss())
+        quote = self._quotes[symbol] * math.exp(volatility * STEP_SCALE * self._rng.gauss())
         self._quotes[symbol] = quote
-        return tick_message(req, symbol, round(quote, _PIP_SIZE), sub_id)
+        return tick_message(req, symbol, round(quote, PIP_SIZE), sub_id)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Serve one WebSocket connection until it closes, idles out or its lifetime expires."""
@@ -401,7 +238,7 @@ class DemoAPI:
         lifetime = self._lifetime()
         log = self._log.bind(conn=conn, peer=request.remote, lifetime=round(lifetime, 3))
         replies: set[asyncio.Task[None]] = set()
-        streams: dict[str, _Stream] = {}
+        streams: dict[str, Stream] = {}
         try:
             await ws.prepare(request)
         except OSError as exc:
@@ -434,7 +271,7 @@ class DemoAPI:
         log: Any,
         died_at: float,
         replies: set[asyncio.Task[None]],
-        streams: dict[str, _Stream],
+        streams: dict[str, Stream],
     ) -> None:
         loop = asyncio.get_running_loop()
         idle_at = loop.time() + self._idle_timeout
@@ -486,38 +323,38 @@ class DemoAPI:
         await ws.close(code=code, message=reason)
 
     def _answer(
-        self, ws: web.WebSocketResponse, log: Any, data: str | bytes, streams: dict[str, _Stream]
+        self, ws: web.WebSocketResponse, log: Any, data: str | bytes, streams: dict[str, Stream]
     ) -> dict[str, Any] | None:
         """Reply to one client message; a new stream's first tick is sent by the stream instead."""
         try:
-            req = _decode(data)
-        except _Rejected as exc:
+            req = decode(data)
+        except Rejected as exc:
             return exc.reply
         if "ticks" in req:
             return self._ticks(ws, log, req, streams)
         if "forget" in req:
-            return _forget(req, streams)
+            return forget(req, streams)
         if "forget_all" in req:
-            return _forget_all(req, streams)
-        return _stateless_reply(req)
+            return forget_all(req, streams)
+        return stateless_reply(req)
 
     def _ticks(
-        self, ws: web.WebSocketResponse, log: Any, req: dict[str, Any], streams: dict[str, _Stream]
+        self, ws: web.WebSocketResponse, log: Any, req: dict[str, Any], streams: dict[str, Stream]
     ) -> dict[str, Any] | None:
         symbol = req["ticks"]
         if not (isinstance(symbol, str) and symbol in SYMBOLS):
-            return _error(req, "InvalidSymbol", f"Symbol {symbol} invalid.")
+            return error_reply(req, "InvalidSymbol", f"Symbol {symbol} invalid.")
         subscribe = req.get("subscribe", 0)
         if subscribe not in (0, 1):
-            return _error(req, "InputValidationFailed", "Input validation failed: subscribe")
+            return error_reply(req, "InputValidationFailed", "Input validation failed: subscribe")
         if not subscribe:
             return self._tick(req, symbol, None)
         if any(stream.symbol == symbol for stream in streams.values()):
-            return _error(req, "AlreadySubscribed", f"You are already subscribed to {symbol}.")
+            return error_reply(req, "AlreadySubscribed", f"You are already subscribed to {symbol}.")
         sub_id = uuid.uuid4().hex
         stream_log = log.bind(subscription=sub_id, symbol=symbol)
         task = self._spawn(self._stream(ws, stream_log, req, symbol, sub_id), "demo.stream.failed")
-        streams[sub_id] = _Stream(symbol, task)
+        streams[sub_id] = Stream(symbol, task)
         task.add_done_callback(lambda _: streams.pop(sub_id, None))
         return None
 
