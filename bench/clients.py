@@ -46,7 +46,7 @@ CONNECT_CONCURRENCY = 50  # the baselines open connections like wsmon: 50 handsh
 # Workload 7's subscribe (the Deriv API's ticks stream), sent by the stream floor and by wsmon's
 # stream probe (`send`, with the req_id the daemon adds).
 SUBSCRIBE = {"ticks": "R_50", "subscribe": 1}
-HOOK_NAMES = ("stamp", "inbox")  # the fields of monitor.aiohooks.Hooks
+HOOK_NAMES = ("stamp", "inbox", "trim")  # the fields of monitor.aiohooks.Hooks
 
 
 class Recorder:

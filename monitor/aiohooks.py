@@ -1,16 +1,18 @@
 """wsmon's reaches into names aiohttp does not export, each behind a guard.
 
-Neither is needed for correct results: without them the daemon receives through
-`ClientWebSocketResponse.receive()` (the portable path). They exist for truth of
-measurement (`ReadStamp`: a round trip ends when its reply is read, not when a task gets its
-turn) and for the CPU goals of docs/performance.md (`DirectQueue`), which says what each
-buys. Each is looked up with `getattr`, so a release that renamed or dropped a name cannot
-stop start-up, and each is switched on only by `monitor.selftest`, which proves it on a
-loopback connection first.
+None is needed for correct results: without them the daemon receives through
+`ClientWebSocketResponse.receive()` (the portable path) and keeps what aiohttp keeps. They
+exist for truth of measurement (`ReadStamp`: a round trip ends when its reply is read, not
+when a task gets its turn), for the CPU goals of docs/performance.md (`DirectQueue`) and for
+its memory goal (`trim`); it says what each buys. Each is looked up with `getattr`, so a
+release that renamed or dropped a name cannot stop start-up, and each is switched on only
+by `monitor.selftest`, which proves it on a loopback connection first.
 """
 
 from __future__ import annotations
 
+import functools
+import random
 import re
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from typing import Any
 import aiohttp
 import aiohttp.client
 from aiohttp import ClientWebSocketResponse
+from multidict import CIMultiDict, CIMultiDictProxy
 
 # The aiohttp releases the suite runs against (pyproject.toml states the same range); outside
 # it every hook stays off, whatever the self-test would say.
@@ -33,6 +36,7 @@ class Hooks:
 
     stamp: bool = False  # ReadStamp: round trips end at the read
     inbox: bool = False  # DirectQueue: replies handled without waking the receive task
+    trim: bool = False  # trim: an open connection lets go of its spent handshake
 
     @property
     def receive_path(self) -> str:
@@ -40,10 +44,11 @@ class Hooks:
         return "hooked" if self.inbox else "portable"
 
     def names(self) -> list[str]:
-        return [name for name in ("stamp", "inbox") if getattr(self, name)]
+        return [name for name in NAMES if getattr(self, name)]
 
 
 PORTABLE = Hooks()
+NAMES = ("stamp", "inbox", "trim")  # the fields of Hooks
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -170,3 +175,66 @@ def direct_queue(ws: ClientWebSocketResponse) -> Any | None:
     """The connection's `DirectQueue`, or None when aiohttp built its own."""
     queue = getattr(ws, "_reader", None)
     return queue if getattr(type(queue), "wsmon_direct", False) else None
+
+
+# --- trim ------------------------------------------------------------------------------------
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_MASK_BITS = functools.partial(random.getrandbits, 32)  # what every writer builds for itself
+_TRIMMED = (
+    ("response", "_headers"),
+    ("response", "_raw_headers"),
+    ("response", "_request_info"),
+    ("response", "_traces"),
+    ("response", "_cache"),  # what its properties returned (headers among them), kept
+    ("protocol", "_parser"),
+    ("protocol", "_payload_parser"),
+    ("protocol", "_buffer"),
+    ("writer", "get_random_bits"),
+)
+
+
+def trim(ws: ClientWebSocketResponse) -> str | None:
+    """Let go of what an upgraded connection keeps of its HTTP handshake and never reads again.
+
+    aiohttp keeps, for the life of a WebSocket, the upgrade response's headers (parsed and
+    raw), the request's headers (in its `request_info`), the trace contexts, the spent HTTP
+    parser and the protocol's empty queue of HTTP messages, and gives each writer a mask-bit
+    function of its own. The headers go (`request_info` keeps its URL and method), the
+    parser and the queue go as aiohttp itself drops them when a connection is lost, and
+    every writer shares one function. Nothing of it is read once the WebSocket is open: the
+    close handshake and a lost connection go through the WebSocket parser and queue.
+    Returns why it cannot (the connection changed shape), or None once done.
+    """
+    held: Any = getattr(ws, "_response", None)
+    connection = getattr(held, "connection", None)  # public; None once released
+    parts: dict[str, Any] = {
+        "response": held,
+        "protocol": getattr(connection, "protocol", None),
+        "writer": getattr(ws, "_writer", None),
+    }
+    missing = [f"{part}.{name}" for part, name in _TRIMMED if not hasattr(parts[part], name)]
+    if missing:
+        return f"aiohttp's connection has no {', '.join(missing)}"
+    response: Any = parts["response"]
+    protocol: Any = parts["protocol"]
+    writer: Any = parts["writer"]
+    if not isinstance(response._cache, dict):
+        return "aiohttp's response keeps its properties in no dict"
+    if protocol._payload_parser is None or protocol._buffer:
+        return "the connection is not an upgraded one at rest"
+    info = response._request_info
+    try:
+        slim = type(info)(info.url, info.method, _NO_HEADERS, info.real_url)
+    except (TypeError, AttributeError, ValueError) as exc:
+        return f"cannot rebuild aiohttp's RequestInfo: {exc}"
+    response._headers = _NO_HEADERS
+    response._raw_headers = ()
+    response._request_info = slim
+    response._traces = []
+    for name in ("headers", "raw_headers", "request_info"):
+        response._cache.pop(name, None)
+    protocol._parser = None
+    protocol._buffer = ()
+    writer.get_random_bits = _MASK_BITS
+    return None

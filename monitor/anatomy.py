@@ -13,6 +13,7 @@ import contextvars
 import ssl
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ class Timeline:
 
     started: float = 0.0
     resolving: float = 0.0  # spent resolving names (several lookups add up)
+    resolve_started: float = 0.0  # the lookup under way
     tls_started: float | None = None  # asyncio asked for the TLS object: TCP is up
     connected: float | None = None  # TCP (and TLS) up: aiohttp has its connection
 
@@ -66,6 +68,18 @@ class Timed:
         _current.reset(self.token)  # the task's context would keep the timeline otherwise
 
 
+_NO_CONTEXT = SimpleNamespace()  # the hooks keep nothing in aiohttp's per-request context
+
+
+class _SharedContext(SimpleNamespace):
+    """aiohttp's trace context class, as every request sees it: one shared empty context (a
+    connection keeps its trace contexts for its whole life; the timeline holds what the
+    hooks note)."""
+
+    def __new__(cls, **_: Any) -> SimpleNamespace:  # type: ignore[misc]
+        return _NO_CONTEXT
+
+
 def trace_config() -> aiohttp.TraceConfig:
     """aiohttp trace hooks that time name resolution and the end of the connection's set-up.
 
@@ -73,20 +87,23 @@ def trace_config() -> aiohttp.TraceConfig:
     them where to write.
     """
 
-    async def dns_start(_: Any, ctx: Any, __: Any) -> None:
-        ctx.dns_started = time.perf_counter()
-
-    async def dns_end(_: Any, ctx: Any, __: Any) -> None:
+    async def dns_start(_: Any, __: Any, ___: Any) -> None:
         timeline = _current.get()
-        if timeline is not None and hasattr(ctx, "dns_started"):
-            timeline.resolving += time.perf_counter() - ctx.dns_started
+        if timeline is not None:
+            timeline.resolve_started = time.perf_counter()
+
+    async def dns_end(_: Any, __: Any, ___: Any) -> None:
+        timeline = _current.get()
+        if timeline is not None and timeline.resolve_started:
+            timeline.resolving += time.perf_counter() - timeline.resolve_started
+            timeline.resolve_started = 0.0
 
     async def connection_end(_: Any, __: Any, ___: Any) -> None:
         timeline = _current.get()
         if timeline is not None:
             timeline.connected = time.perf_counter()
 
-    trace = aiohttp.TraceConfig()
+    trace = aiohttp.TraceConfig(trace_config_ctx_factory=_SharedContext)
     trace.on_dns_resolvehost_start.append(dns_start)
     trace.on_dns_resolvehost_end.append(dns_end)
     trace.on_connection_create_end.append(connection_end)

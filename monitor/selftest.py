@@ -28,6 +28,7 @@ from .aiohooks import (
     ReadStamp,
     aiohttp_tested,
     direct_queue,
+    trim,
 )
 from .session import INBOX_KINDS
 
@@ -95,7 +96,7 @@ async def _prove(queue: QueueHook) -> tuple[Hooks, dict[str, str]]:
     async with _Server() as server, aiohttp.ClientSession() as http:
         baseline = await _exchange(http, server, PORTABLE)
         # The queue hook changes every connection made after it: it goes last, alone.
-        for name in ("stamp", "inbox"):
+        for name in ("trim", "stamp", "inbox"):
             if name == "inbox" and (problem := queue.install()) is not None:
                 reasons[name] = problem
                 continue
@@ -153,6 +154,8 @@ async def _exchange(http: aiohttp.ClientSession, server: _Server, hooks: Hooks) 
         timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
     )
     try:
+        if hooks.trim and (problem := trim(ws)) is not None:
+            raise RuntimeError(problem)
         stamp = ReadStamp.install(ws) if hooks.stamp else None
         if hooks.stamp and stamp is None:
             raise RuntimeError("no data-received callback to wrap")

@@ -16,7 +16,7 @@ from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 from structlog.typing import FilteringBoundLogger
 
 from . import ratelimits
-from .aiohooks import Hooks, ReadStamp, direct_queue
+from .aiohooks import Hooks, ReadStamp, direct_queue, trim
 from .clock import Clock
 from .config import TargetConfig
 from .correlation import Correlator, PongWaiters, Reply
@@ -140,6 +140,8 @@ class Session:
         self.allowance = target.max_messages_per_second or math.inf
         self.allowance_at = runtime.clock.time()
         hooks = runtime.hooks
+        if hooks.trim:
+            trim(ws)  # where it cannot (a connection of another shape), it keeps it all
         self.reads = ReadStamp.install(ws) if hooks.stamp else None
         self.queue = direct_queue(ws) if hooks.inbox else None  # None: all through receive()
 

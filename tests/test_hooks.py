@@ -4,10 +4,12 @@ daemon's numbers true either way, including on a simulated future aiohttp."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import platform
 import re
 import time
 import tomllib
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from aiohttp._websocket import reader_py
 from aiohttp.client_proto import ResponseHandler
 from conftest import STOCK_QUEUE, Harness, StartDaemon, require_hooks, target
 from wsserver import WSTestServer
+from yarl import URL
 
 from monitor import __version__, aiohooks, probes
 from monitor.aiohooks import (
@@ -34,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PING = {"name": "ping", "send": {"ping": 1}, "expect": {"msg_type": "ping"}}
 BUILD = {"version": __version__, "python": platform.python_version()}
 HOOKED_ONLY = pytest.mark.parametrize("receive_path", ["hooked"], indirect=True)
-ALL_HOOKS = ("stamp", "inbox")
+ALL_HOOKS = ("stamp", "inbox", "trim")
 
 
 def receive_path_of(h: Harness) -> str:
@@ -139,7 +142,7 @@ class TestSelfTest:
         assert pinned is not None
         if aiohttp.__version__ != pinned.group(1):
             pytest.skip(f"aiohttp {aiohttp.__version__} is not the locked {pinned.group(1)}")
-        assert proven_hooks == Hooks(stamp=True, inbox=True)
+        assert proven_hooks == Hooks(stamp=True, inbox=True, trim=True)
 
     def test_pyproject_states_the_tested_range(self) -> None:
         """The aiohttp range in pyproject.toml is the one the hooks accept, with an upper
@@ -226,6 +229,26 @@ class TestFutureAiohttp:
         assert aiohttp.client.WebSocketDataQueue is FutureQueue  # given back to aiohttp
         await measures_truthfully(h, server)
 
+    async def test_a_changed_connection_fails_the_trim(
+        self,
+        server: WSTestServer,
+        start_daemon: StartDaemon,
+        monkeypatch: pytest.MonkeyPatch,
+        proven_hooks: Hooks,
+    ) -> None:
+        """A release whose connection lacks a name `trim` lets go of: the self-test turns
+        trim off and says which name, the other hooks stay on, and the daemon measures."""
+        require_hooks(proven_hooks, "trim")
+        renamed = (*aiohooks._TRIMMED, ("response", "_renamed_in_a_future_release"))
+        monkeypatch.setattr(aiohooks, "_TRIMMED", renamed)
+        server.reply_delay = 0.020
+        h = await start_daemon(ping_target(server), self_test=True)
+        (disabled,) = [e for e in h.events("hooks.disabled") if e["hook"] == "trim"]
+        assert "response._renamed_in_a_future_release" in disabled["reason"]
+        (enabled,) = h.events("hooks.enabled")
+        assert enabled["hooks"] == [n for n in proven_hooks.names() if n != "trim"]
+        await measures_truthfully(h, server)
+
     async def test_a_read_callback_never_called_fails_the_stamp(
         self,
         server: WSTestServer,
@@ -290,6 +313,60 @@ class TestHookMechanics:
         assert reason is not None
         assert "feed_data" in reason
         assert aiohttp.client.WebSocketDataQueue is Other
+
+    async def test_trim_lets_go_of_the_handshake_and_keeps_the_connection(
+        self, server: WSTestServer, proven_hooks: Hooks
+    ) -> None:
+        """`trim` frees what an open connection keeps of its handshake (traced memory goes
+        down by at least a header set per connection), and the connections still do their
+        work: a request answered, a close frame read, a connection lost read as 1006."""
+        require_hooks(proven_hooks, "trim")
+        async with WSTestServer() as other, aiohttp.ClientSession() as http:
+            tracemalloc.start()  # what the connections allocate is traced, and so its release
+            try:
+                closed = [await http.ws_connect(server.url, autoclose=False) for _ in range(10)]
+                lost = [await http.ws_connect(other.url, autoclose=False) for _ in range(10)]
+                gc.collect()
+                before = tracemalloc.get_traced_memory()[0]
+                assert all(aiohooks.trim(ws) is None for ws in closed + lost)
+                gc.collect()
+                freed = before - tracemalloc.get_traced_memory()[0]
+            finally:
+                tracemalloc.stop()
+            assert freed >= 20 * 1024, freed
+            ws = closed[0]
+            assert not ws._response.headers
+            assert not ws._response.request_info.headers
+            assert ws._response.request_info.url == URL(server.url)
+            await ws.send_json({"ping": 1, "req_id": 7})
+            reply = await ws.receive_json(timeout=5)
+            assert (reply["msg_type"], reply["req_id"]) == ("ping", 7)
+            await server.close_all(4321, b"bye")
+            for ws in closed:
+                msg = await ws.receive(timeout=5)
+                assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 4321, "bye")
+                await ws.close()
+            await other.abort_all()
+            for ws in lost:
+                assert (await ws.receive(timeout=5)).type is WSMsgType.CLOSED
+                assert ws.close_code == 1006
+            assert server.stats()["connections"] == other.stats()["connections"] == 10
+
+    def test_trim_leaves_a_connection_of_another_shape_alone(self) -> None:
+        """What trim cannot find, it names; it touches nothing then."""
+
+        class Response:
+            _headers = "kept"
+            connection = None
+
+        class Socket:
+            _response = Response()
+            _writer = None
+
+        reason = aiohooks.trim(Socket())  # type: ignore[arg-type]
+        assert reason is not None
+        assert "protocol._parser" in reason
+        assert Response._headers == "kept"
 
     @HOOKED_ONLY
     async def test_replies_never_wake_the_receive_loop(
