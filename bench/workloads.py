@@ -189,7 +189,7 @@ W1_CLIENTS = (
     Client("wsmon_uvloop_portable", "wsmon", "uvloop", "portable", PORTABLE),
     Client("wsmon_uvloop_aligned", "wsmon", "uvloop", "hooked"),  # + --send-alignment
 )
-HOOKS = ("stamp", "inbox")
+HOOKS = ("stamp", "inbox", "trim")
 
 
 def _without(hook: str) -> Client:

@@ -148,46 +148,102 @@ class Session:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> Disconnect:
-        """Serve the connection until it ends; return how it ended."""
-        clock = self.runtime.clock
+        """Serve the connection until it ends; return how it ended.
+
+        The receive loop is here rather than in a coroutine of its own: while a connection
+        waits, its task holds this frame and the runner's (docs/performance.md).
+        """
         runs: list[ProbeRun] = []
-        streams = self.stream_runs
         try:
-            if self.target.rate_limits is not None:
-                ratelimits.query(self)
-            liveness = Liveness(self.m.up, self.target.dead_after_timeouts, self.close)
-            for probe in self.target.probes:
-                if probe.kind == "stream":  # subscribed at once, after the auth
-                    streams.append(StreamRun(self, probe))
-                    streams[-1].subscribe()
+            self._start(runs)
+            ws = self.ws
+            reads = self.reads
+            queue = self.queue
+            to_inbox = self.to_inbox
+            while True:
+                if self.allowance <= 0.0:
+                    await self._throttle()
+                if self._local is not None:
+                    # Closing from our side (the closer task sends our code): another
+                    # receive() would find aiohttp closing and make it send its own close,
+                    # code 1000, first. That happens when a message was read just before
+                    # our close.
+                    return Disconnect(self._local[0], "local", self._local[1])
+                if queue is not None:
+                    queue.to_inbox = to_inbox
+                try:
+                    msg = await ws.receive()
+                finally:
+                    if queue is not None:
+                        queue.to_inbox = None  # breaks the cycle session -> queue -> session
+                received = reads.at if reads is not None else time.perf_counter()
+                kind = msg.type
+                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                    self.allowance -= 1.0
+                if self.handle(kind, msg.data, received):
                     continue
-                first = clock.time() + self.rng.uniform(0.0, probe.interval)
-                runs.append(ProbeRun(self, probe, liveness, clock.phase(first, probe.interval)))
-            if not runs:  # connect-only, or streams only (judged by wsmon_stream_stale)
-                self.m.up.set(1)
-            ended = await self._receive_loop()
+                if kind is WSMsgType.PING:
+                    # A failed pong means the connection is going away; the next receive
+                    # says how.
+                    with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+                        await ws.pong(msg.data)
+                elif kind is WSMsgType.CLOSE:
+                    if self._local is not None:  # the peer's answer to our close
+                        return Disconnect(self._local[0], "local", self._local[1])
+                    # aiohttp reports a close frame without a status code as code 0.
+                    code = int(msg.data) if msg.data else NO_STATUS
+                    ended = Disconnect(code, "peer", str(msg.extra or ""))
+                    # Complete the closing handshake, echoing the peer's code as RFC 6455 asks.
+                    await self._close_now(code if code != NO_STATUS else 1000)
+                    return ended
+                else:  # CLOSING, CLOSED, ERROR
+                    return self._ended_without_close_frame(msg.data)
         except Exception as exc:
             self.fail(exc)
             assert self._local is not None
-            ended = Disconnect(self._local[0], "local", self._local[1])
+            return Disconnect(self._local[0], "local", self._local[1])
         finally:
-            self._ended = True
-            for run in runs:
-                run.stop()
-            for stream in streams:
-                stream.stop()
-            sending = [r.sending for r in runs] + [s.sending for s in streams]
-            await asyncio.gather(*(t for t in sending if t is not None), return_exceptions=True)
-            for pending in (*self.correlator.drain(), *self.pongs.drain()):
-                pending.done = True
-                if pending.timer is not None:
-                    clock.cancel(pending.timer)
-            if self._closer is not None:
-                await self._closer
-            elif not self.ws.closed:
-                # Cancelled from outside: make sure the socket does not outlive us.
-                await self._close_now(1001)
-        return ended
+            await self._finish(runs)
+
+    def _start(self, runs: list[ProbeRun]) -> None:
+        """Start the probes (into `runs`, so that those made before a fault are stopped)
+        and the streams' subscribes."""
+        clock = self.runtime.clock
+        streams = self.stream_runs
+        if self.target.rate_limits is not None:
+            ratelimits.query(self)
+        liveness = Liveness(self.m.up, self.target.dead_after_timeouts, self.close)
+        for probe in self.target.probes:
+            if probe.kind == "stream":  # subscribed at once, after the auth
+                streams.append(StreamRun(self, probe))
+                streams[-1].subscribe()
+                continue
+            first = clock.time() + self.rng.uniform(0.0, probe.interval)
+            runs.append(ProbeRun(self, probe, liveness, clock.phase(first, probe.interval)))
+        if not runs:  # connect-only, or streams only (judged by wsmon_stream_stale)
+            self.m.up.set(1)
+
+    async def _finish(self, runs: list[ProbeRun]) -> None:
+        """Stop the probes and streams, let their sends end, drop what still waits for a
+        reply, and see the connection closed."""
+        self._ended = True
+        streams = self.stream_runs
+        for run in runs:
+            run.stop()
+        for stream in streams:
+            stream.stop()
+        sending = [r.sending for r in runs] + [s.sending for s in streams]
+        await asyncio.gather(*(t for t in sending if t is not None), return_exceptions=True)
+        clock = self.runtime.clock
+        for pending in (*self.correlator.drain(), *self.pongs.drain()):
+            pending.done = True
+            if pending.timer is not None:
+                clock.cancel(pending.timer)
+        if self._closer is not None:
+            await self._closer
+        elif not self.ws.closed:
+            # Cancelled from outside: make sure the socket does not outlive us.
+            await self._close_now(1001)
 
     def fail(self, exc: BaseException) -> None:
         """A fault in wsmon's own handling of this connection (a bug, not the peer's doing):
@@ -220,50 +276,6 @@ class Session:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.target.close_timeout + 1.0):
                 await self.ws.close(code=code, message=reason.encode()[:123])
-
-    # --- the one receive loop -------------------------------------------------------------
-
-    async def _receive_loop(self) -> Disconnect:
-        ws = self.ws
-        reads = self.reads
-        queue = self.queue
-        to_inbox = self.to_inbox
-        while True:
-            if self.allowance <= 0.0:
-                await self._throttle()
-            if self._local is not None:
-                # Closing from our side (the closer task sends our code): another receive()
-                # would find aiohttp closing and make it send its own close, code 1000,
-                # first. That happens when a message was read just before our close.
-                return Disconnect(self._local[0], "local", self._local[1])
-            if queue is not None:
-                queue.to_inbox = to_inbox
-            try:
-                msg = await ws.receive()
-            finally:
-                if queue is not None:
-                    queue.to_inbox = None  # breaks the cycle session -> queue -> session
-            received = reads.at if reads is not None else time.perf_counter()
-            kind = msg.type
-            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-                self.allowance -= 1.0
-            if self.handle(kind, msg.data, received):
-                continue
-            if kind is WSMsgType.PING:
-                # A failed pong means the connection is going away; the next receive says how.
-                with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
-                    await ws.pong(msg.data)
-            elif kind is WSMsgType.CLOSE:
-                if self._local is not None:  # the peer's answer to our close
-                    return Disconnect(self._local[0], "local", self._local[1])
-                # aiohttp reports a close frame without a status code as code 0.
-                code = int(msg.data) if msg.data else NO_STATUS
-                ended = Disconnect(code, "peer", str(msg.extra or ""))
-                # Complete the closing handshake, echoing the peer's code as RFC 6455 asks.
-                await self._close_now(code if code != NO_STATUS else 1000)
-                return ended
-            else:  # CLOSING, CLOSED, ERROR
-                return self._ended_without_close_frame(msg.data)
 
     def to_inbox(self, msg: WSMessage) -> bool:
         """A message as aiohttp parses it, while the receive loop waits: one that needs no

@@ -127,8 +127,19 @@ class TargetRunner:
                     await self._pause(next(backoff), attempt, None)
                     continue
                 started = loop.time()
+                # Served here, not in a coroutine of its own: this frame and the session's
+                # are what every connection keeps while it waits (docs/performance.md).
                 try:
-                    ended = await self._serve(opened, reconnected=had_connection)
+                    self._connected(opened, reconnected=had_connection)
+                    try:
+                        self._session = Session(
+                            t, opened.ws, self.m, self.log, self.runtime, self.rng
+                        )
+                        ended = await self._session.run()  # a fault of its own included (1011)
+                    except Exception as exc:  # a bug must not end the monitoring of this target
+                        ended = await self._failed(opened.ws, exc)
+                    finally:
+                        self._disconnected()
                 finally:
                     self.limits.fds.release()
                 had_connection = True
@@ -198,8 +209,8 @@ class TargetRunner:
             duration_ms=round(exc.duration * 1e3, 3),
         )
 
-    async def _serve(self, opened: Opened, reconnected: bool) -> Disconnect:
-        """Count the new connection, serve it until it ends, say how it ended."""
+    def _connected(self, opened: Opened, reconnected: bool) -> None:
+        """Count the new connection and say so."""
         t = self.target
         m = self.m
         ws, duration, tls = opened.ws, opened.duration, opened.tls
@@ -221,16 +232,14 @@ class TargetRunner:
             **({"subprotocol": ws.protocol} if t.subprotocols else {}),
             **({"tls_version": tls.version} if tls is not None else {}),
         )
-        try:
-            self._session = Session(t, ws, m, self.log, self.runtime, self.rng)
-            return await self._session.run()  # a fault of its own included (1011)
-        except Exception as exc:  # a bug must not end the monitoring of this target
-            return await self._failed(ws, exc)
-        finally:
-            self._session = None
-            m.connected.set(0)
-            m.up.set(0)
-            m.established.set(0)
+
+    def _disconnected(self) -> None:
+        """The connection is over (how it ended is recorded by the caller)."""
+        self._session = None
+        m = self.m
+        m.connected.set(0)
+        m.up.set(0)
+        m.established.set(0)
 
     async def _failed(self, ws: ClientWebSocketResponse, exc: Exception) -> Disconnect:
         """A session that could not even run: say so, and drop its connection with 1011."""

@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 RESULTS_JSON = ROOT / "bench" / "results.json"
-HOOKS = ["inbox", "stamp"]
+HOOKS = ["inbox", "stamp", "trim"]
 
 
 def _digest(path: Path) -> str | None:
