@@ -156,13 +156,13 @@ class Daemon:
     def _set_shard(self) -> None:
         shard = self.shard
         self.metrics.set_shard(shard.index, shard.count, shard.replicas)
-        self.metrics.config_targets.set(len(self.config.targets))
+        self.metrics.config_targets.set(self.config.listed_targets)
 
     def _shard_fields(self) -> dict[str, Any]:
         """What the log says of the shard: nothing for a daemon alone."""
         if self.shard.alone:
             return {}
-        return {"shard": self.shard.label(), "config_targets": len(self.config.targets)}
+        return {"shard": self.shard.label(), "config_targets": self.config.listed_targets}
 
     async def _listen(self) -> None:
         """Serve HTTP, bounded (`monitor.httpguard`): aiohttp's server behind a guard of
@@ -287,7 +287,7 @@ class Daemon:
                 self.last_reload_problems = ["no configuration file to reload"]
                 return False
             try:
-                new = config_mod.load(self.config_path)
+                new = config_mod.load(self.config_path, shard=self.shard_flags)
             except ConfigError as exc:
                 self.metrics.reload_ok.set(0)
                 self.last_reload_problems = exc.problems

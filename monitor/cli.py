@@ -241,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wsmon run: error: {exc}", file=sys.stderr)
         return 2
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args.config, shard=shard)
     except ConfigError as exc:
         log = Logging(args.log_format or "auto", "info").logger
         log.error("config.invalid", source=exc.source, problems=exc.problems)

@@ -11,15 +11,16 @@ shard computes the same answer from the config alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .config import Config, ShardingConfig
 
 # A StatefulSet pod's name: its set's name, a dash, its ordinal.
 _ORDINAL = re.compile(r"-(\d+)$")
@@ -51,11 +52,13 @@ class Shard:
         return self.alone or self.index in owners(target, self.count, self.replicas)
 
     def owned(self, config: Config) -> Config:
-        """`config` with this shard's targets only."""
+        """`config` with this shard's targets only (it still counts every target listed)."""
         if self.alone:
             return config
         return dataclasses.replace(
-            config, targets=tuple(t for t in config.targets if self.owns(t.name))
+            config,
+            targets=tuple(t for t in config.targets if self.owns(t.name)),
+            listed=config.listed_targets,
         )
 
     def label(self) -> str:
@@ -74,12 +77,26 @@ class Fixed:
 
     def resolve(self, config: Config) -> Shard:
         """The shard these flags and `config.sharding` make; ValueError if impossible."""
-        s = config.sharding
+        return self.within(config.sharding)
+
+    def within(self, s: ShardingConfig) -> Shard:
+        """The shard these flags and a config's `sharding` block make; ValueError if
+        impossible."""
         return Shard(
             s.index if self.index is None else self.index,
             s.count if self.count is None else self.count,
             s.replicas if self.replicas is None else self.replicas,
         )
+
+    def selects(self, s: ShardingConfig) -> Callable[[str], bool] | None:
+        """Which target names this shard owns under a config's `sharding` block, for the
+        loader to validate those only; None: every target (one shard alone, or a shard
+        that cannot be: the daemon says why once the config is loaded)."""
+        try:
+            shard = self.within(s)
+        except ValueError:
+            return None
+        return None if shard.alone else shard.owns
 
 
 def weight(target: str, shard: int) -> int:
@@ -89,10 +106,25 @@ def weight(target: str, shard: int) -> int:
     return int.from_bytes(digest, "big")
 
 
+@functools.lru_cache(maxsize=8)
+def _prefixes(count: int) -> tuple[bytes, ...]:
+    """What `weight` hashes before the target's name, for each of `count` shards."""
+    return tuple(f"{shard}\0".encode() for shard in range(count))
+
+
 def owners(target: str, count: int, replicas: int = 1) -> list[int]:
-    """The shards that monitor `target`: the `replicas` of `count` that weigh highest."""
-    ranked = sorted(range(count), key=lambda s: (weight(target, s), s), reverse=True)
-    return sorted(ranked[:replicas])
+    """The shards that monitor `target`: the `replicas` of `count` that weigh highest (ties,
+    which 64 bits make unlikely, go to the higher shard). A shard asks this of every target
+    in its config, so it is `weight` without the per-call formatting."""
+    name = target.encode()
+    weighed = [
+        (int.from_bytes(hashlib.blake2b(prefix + name, digest_size=8).digest(), "big"), shard)
+        for shard, prefix in enumerate(_prefixes(count))
+    ]
+    if replicas == 1:
+        return [max(weighed)[1]]
+    weighed.sort(reverse=True)
+    return sorted(shard for _, shard in weighed[:replicas])
 
 
 def spread(targets: Iterable[str], count: int, replicas: int = 1) -> list[int]:

@@ -115,3 +115,38 @@ def test_bad_shard_flags_exit_2(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert problem in proc.stderr
+
+
+def test_a_shard_validates_its_own_targets_only(tmp_path: Path) -> None:
+    """Loaded for a shard, a config keeps (and validates) that shard's targets; a problem in
+    another shard's target is its owner's to report, and `check-config` (every target)
+    reports it. Names are checked by every shard: a duplicate is refused by all."""
+    from monitor import config as config_mod
+    from monitor.sharding import Fixed
+
+    names = NAMES[:60]
+    bad = names[7]
+    (owner,) = owners(bad, 3)
+    other = (owner + 1) % 3
+    targets = [
+        {"name": n, "url": "ws://127.0.0.1:1/ws", **({"interval": "soon"} if n == bad else {})}
+        for n in names
+    ]
+    text = yaml.safe_dump({"defaults": {"probes": []}, "targets": targets})
+    loaded = config_mod.loads(text, shard=Fixed(other, 3))
+    assert [t.name for t in loaded.targets] == [n for n in names if Shard(other, 3).owns(n)]
+    assert loaded.listed_targets == 60
+    assert Shard(other, 3).owned(loaded).targets == loaded.targets
+    with pytest.raises(config_mod.ConfigError) as refused:
+        config_mod.loads(text, shard=Fixed(owner, 3))
+    (problem,) = refused.value.problems
+    assert problem == "targets[7].interval: unknown key"
+    with pytest.raises(config_mod.ConfigError):
+        config_mod.loads(text)  # one daemon, or check-config: every target
+    # The config's own `sharding` block places the shard when no flag does.
+    placed = yaml.safe_dump({"sharding": {"index": other, "count": 3}, "targets": targets[8:]})
+    assert config_mod.loads(placed, shard=Fixed()).listed_targets == 52
+    twice = yaml.safe_dump({"targets": [*targets[8:], {**targets[9], "url": "ws://x/"}]})
+    for index in range(3):
+        with pytest.raises(config_mod.ConfigError, match=r"targets\[52\].name: duplicate"):
+            config_mod.loads(twice, shard=Fixed(index, 3))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,6 +20,7 @@ from .model import (
     ProbeEndpointConfig,
     RawConfig,
     ReconnectConfig,
+    ShardingConfig,
     TargetConfig,
     TargetSettings,
 )
@@ -36,6 +37,12 @@ from .sources import (
 _SHARED = ("probes", "headers")
 
 
+class Selection(Protocol):
+    """Which targets a shard of a fleet owns (`monitor.sharding.Fixed`)."""
+
+    def selects(self, s: ShardingConfig, /) -> Callable[[str], bool] | None: ...
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used; `problems` holds one `path: reason` line each."""
 
@@ -45,8 +52,10 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
-def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the YAML file at `path`."""
+def load(
+    path: str | Path, env: Mapping[str, str] | None = None, shard: Selection | None = None
+) -> Config:
+    """Read and validate the YAML file at `path` (for `shard`: see `loads`)."""
     source = str(path)
     try:
         with open(path, "rb") as f:
@@ -58,11 +67,22 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([f"cannot read config: {exc.strerror or exc}"], source) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"cannot read config: not UTF-8 ({exc.reason})"], source) from None
-    return loads(text, source, env)
+    return loads(text, source, env, shard)
 
 
-def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
-    """Parse and validate configuration text; raise ConfigError with every problem found."""
+def loads(
+    text: str,
+    source: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    shard: Selection | None = None,
+) -> Config:
+    """Parse and validate configuration text; raise ConfigError with every problem found.
+
+    With `shard`, one shard's config: every target's name is checked (ownership, duplicates)
+    but only the shard's own targets are validated and kept, so that the cost of a fleet's
+    config is paid once across the fleet, not once per shard. The other targets' problems
+    are their owners' to report (and `wsmon check-config`'s).
+    """
     problems: list[str] = []
     data = parse_yaml(text, problems)
     if problems:
@@ -96,10 +116,18 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
     problems.extend(_check_reconnect(raw.defaults.reconnect, "defaults.reconnect"))
     if not raw_targets and not problems and raw.probe_endpoint is None:
         problems.append("targets: at least one target is required")
+    owns = None if shard is None else shard.selects(raw.sharding)
     for i, item in enumerate(raw_targets):
         where = f"targets[{i}]"
         if not isinstance(item, dict):
             problems.append(f"{where}: expected a mapping with name, url and options")
+            continue
+        name = item.get("name")
+        if owns is not None and isinstance(name, str) and not owns(name):
+            if name in names:
+                problems.append(_duplicate(where, name, names[name]))
+            else:
+                names[name] = i
             continue
         try:
             target = TargetConfig.model_validate(_with_defaults(item, raw.defaults))
@@ -109,10 +137,7 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         if "reconnect" in item:  # either bound may come from `defaults`
             problems.extend(_check_reconnect(target.reconnect, f"{where}.reconnect"))
         if target.name in names:
-            problems.append(
-                f"{where}.name: duplicate target name {target.name!r} "
-                f"(first used by targets[{names[target.name]}])"
-            )
+            problems.append(_duplicate(where, target.name, names[target.name]))
         else:
             names[target.name] = i
         if target.headers_file is not None:
@@ -145,7 +170,12 @@ def loads(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         source=source,
         probe_endpoint=probe_endpoint,
         sharding=raw.sharding,
+        listed=len(raw_targets),
     )
+
+
+def _duplicate(where: str, name: str, first: int) -> str:
+    return f"{where}.name: duplicate target name {name!r} (first used by targets[{first}])"
 
 
 def _probe_endpoint(

@@ -477,7 +477,8 @@ class RawConfig(_Strict):
 
 @dataclass(frozen=True)
 class Config:
-    """A complete, valid configuration; targets carry their defaults already merged in."""
+    """A complete, valid configuration; targets carry their defaults already merged in.
+    Loaded for one shard of a fleet, `targets` holds (and validated) that shard's only."""
 
     listen: str
     log: LogConfig
@@ -497,3 +498,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     probe_endpoint: ProbeEndpointConfig | None = None
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    # How many targets the file lists, other shards' included (None: as many as `targets`).
+    listed: int | None = None
+
+    @property
+    def listed_targets(self) -> int:
+        return len(self.targets) if self.listed is None else self.listed
