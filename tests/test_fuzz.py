@@ -916,3 +916,27 @@ def test_message_template_matches_build_message(
     assert probes.message_template(send, field)(req_id) == probes.build_message(
         probe, field, req_id
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a":1}', '{"a":1}x', '{"a":NaN}', '{"a":' + "9" * 5000 + "}", "{" * 100_000,
+     '{"a":"\\ud800"}', '{"a":1e400}', '{"a":1,"a":2}', "[]", '{"a":-0.0}'],
+)  # fmt: skip
+def test_parse_is_the_same_with_and_without_orjson(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With orjson (the locked install has it) and with the json module alone (the portable
+    path) a message parses the same: what orjson refuses, the json module reads."""
+    fast = shallow(replies.parse, text)
+    monkeypatch.setattr(replies, "fast_loads", None)
+    assert canonical(shallow(replies.parse, text)) == canonical(fast)
+    assert canonical(fast) == canonical(reference_parse(text))
+
+
+def test_the_locked_install_parses_with_orjson() -> None:
+    """The speedups extra brings orjson, and `parse` uses it (a lock that lost it fails)."""
+    lock = (Path(__file__).resolve().parent.parent / "deploy/requirements.lock").read_text()
+    assert "\norjson==" in lock
+    pytest.importorskip("orjson")
+    assert replies.fast_loads is not None
