@@ -241,6 +241,7 @@ class TargetMetrics:
 
     def set_rate_limit(self, window: str, requests: float) -> None:
         self._m.rate_limit.labels(self.target, window).set(requests)
+        self._m.rate_limited.add(self.target)
 
     def disconnect(self, code: int, origin: str) -> None:
         self._m.disconnects.item(self.target, str(code), origin).inc()

@@ -242,6 +242,7 @@ class Metrics:
             ("target", "window"),
             registry=r.collectors,
         )
+        self.rate_limited: set[str] = set()  # the targets these gauges have series of
         self.time_offset = Family(
             r,
             "wsmon_server_time_offset_seconds",
@@ -373,8 +374,10 @@ class Metrics:
         """`for_target` for a configured target and its probes; with `rate_limits`, the
         requests its probes plan per window."""
         tm = self.for_target(target.name, ((p.name, p.kind, p.rtt_buckets) for p in target.probes))
-        self._remove_rate_limits(target.name)  # a changed target may have dropped the key
+        if target.name in self.rate_limited:  # a changed target may have dropped the key
+            self._remove_rate_limits(target.name)
         if target.rate_limits is not None:
+            self.rate_limited.add(target.name)
             for window, seconds in RATE_WINDOWS:
                 self.planned.labels(target.name, window).set(planned_requests(target, seconds))
                 known = getattr(target.rate_limits, window)
@@ -410,6 +413,7 @@ class Metrics:
         self.registry.forget(name)
 
     def _remove_rate_limits(self, target: str) -> None:
+        self.rate_limited.discard(target)
         for gauge in (self.rate_limit, self.planned):
             for window, _ in RATE_WINDOWS:
                 with contextlib.suppress(KeyError):

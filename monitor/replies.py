@@ -23,6 +23,7 @@ except ImportError:  # the portable path: the json module alone
     class _FastError(Exception):  # type: ignore[no-redef]
         """Never raised: there is no fast parser."""
 
+
 Outcome = Literal["ok", "api_error", "rate_limited", "unexpected_reply", "invalid_json"]
 # Error codes that say "too many requests" rather than "wrong": the probe slows down.
 RATE_LIMIT_CODES = frozenset({"RateLimit"})

@@ -10,12 +10,13 @@ once a reply carries one) come on top; `ceiling` counts them too, for the known 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Hashable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .config import Config, MetricsConfig
+from .config import Config, MetricsConfig, TargetConfig
 from .httpguard import Guard
-from .metrics import Metrics
+from .metrics import RATE_WINDOWS, Metrics
 from .registry import Registry
 
 
@@ -62,16 +63,38 @@ def count(config: Config, native: bool = False) -> SeriesCount:
     return with_native if native else classic
 
 
+def _shape(target: TargetConfig, wire: bool) -> Hashable:
+    """What the number of a target's series depends on: its probes, which rate limits it
+    has, and (`wire`: once connected) its handshake's phases. Not its name: targets of one
+    shape have as many series each."""
+    probes = tuple((p.name, p.kind, p.rtt_buckets) for p in target.probes)
+    limits = target.rate_limits
+    known = None if limits is None else tuple(getattr(limits, w) is None for w, _ in RATE_WINDOWS)
+    return (probes, known, phases_of(target.url) if wire else None)
+
+
+def _representatives(config: Config, wire: bool) -> tuple[list[TargetConfig], dict[str, str]]:
+    """One target of each shape, and the name of its shape's representative for every
+    target: the series are built for the representatives only (a config of 100,000 targets
+    usually has a handful of shapes)."""
+    chosen: dict[Hashable, TargetConfig] = {}
+    of: dict[str, str] = {}
+    for target in config.targets:
+        of[target.name] = chosen.setdefault(_shape(target, wire), target).name
+    return list(chosen.values()), of
+
+
 def census(config: Config) -> tuple[SeriesCount, SeriesCount]:
     """The series at start in the classic exposition and with native histograms, counted on
     one build of the families."""
     registry, metrics = _built(config)
-    for target in config.targets:
+    representatives, of = _representatives(config, wire=False)
+    for target in representatives:
         metrics.for_config(target)
 
     def counted(native: bool) -> SeriesCount:
         daemon, per_target = registry.series_count(native)
-        return SeriesCount({t.name: per_target.get(t.name, 0) for t in config.targets}, daemon)
+        return SeriesCount({name: per_target.get(rep, 0) for name, rep in of.items()}, daemon)
 
     return counted(False), counted(True)
 
@@ -94,7 +117,8 @@ def ceiling(config: Config) -> int:
     offset, has been throttled and its streams have lag, in the classic exposition (a
     server's own close codes, 4xxx, add one each on top)."""
     registry, metrics = _built(config, config.metrics.model_copy(update={"precreate": "all"}))
-    for target in config.targets:
+    representatives, of = _representatives(config, wire=True)
+    for target in representatives:
         tm = metrics.for_config(target)
         tm.set_time_offset(0.0)
         tm.throttled(0.0)
@@ -104,4 +128,4 @@ def ceiling(config: Config) -> int:
         for stream in tm.streams.values():
             stream.lag.observe(0.0)
     daemon, per_target = registry.series_count()
-    return daemon + sum(per_target.values())
+    return daemon + sum(per_target.get(rep, 0) for rep in of.values())

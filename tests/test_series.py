@@ -138,3 +138,28 @@ def test_bad_metrics_block_names_the_key(metrics: dict[str, Any], problem: str) 
     with pytest.raises(config.ConfigError) as err:
         loaded(doc)
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_counting_by_shape_counts_what_every_target_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check-config builds the series of one target per shape (probes, rate limits, the
+    handshake's phases) and gives each target its shape's count: the same counts, start and
+    ceiling, as building every target."""
+    doc = generated(45, 7)
+    for i, t in enumerate(doc["targets"]):
+        if i % 4 == 1:
+            t["url"] = f"wss://host{i}.example:443/ws"
+        if i % 5 == 2:
+            t["rate_limits"] = {"source": "none", **({"hourly": 3600} if i % 2 else {})}
+        if i % 7 == 3:
+            t["correlation_field"] = "req_id"
+            stream = {"name": "ticks", "kind": "stream", "send": {"ticks": "R_50"}, "max_gap": "3s"}
+            t["probes"] = [stream, PING]
+    cfg = loaded(doc)
+    by_shape = series.count(cfg), series.count(cfg, native=True), series.ceiling(cfg)
+    assert len(series._representatives(cfg, wire=True)[0]) < len(cfg.targets)
+
+    def each_its_own(cfg: config.Config, wire: bool) -> tuple[list[Any], dict[str, str]]:
+        return list(cfg.targets), {t.name: t.name for t in cfg.targets}
+
+    monkeypatch.setattr(series, "_representatives", each_its_own)
+    assert by_shape == (series.count(cfg), series.count(cfg, native=True), series.ceiling(cfg))
