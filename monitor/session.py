@@ -294,8 +294,13 @@ class Session:
         if kind is WSMsgType.TEXT:
             self.m.messages_received.value += 1.0  # (Series.inc without the call)
             message = parse(data)
-            if self.streams and message is not None:  # a stream's message is the usual one
-                stream = self._stream_of(message)
+            streams = self.streams
+            if streams and message is not None:  # a stream's message is the usual one
+                # `_stream_of`, its usual case inline: by the subscribe's id echoed
+                key = message.get(self.correlator.field)  # type: ignore[arg-type]
+                stream = streams.get(key) if type(key) is int else None
+                if stream is None and self.subscriptions:
+                    stream = self._stream_of(message)
                 if stream is not None:
                     stream.on_message(message, received)
                     return True
