@@ -74,6 +74,7 @@ for _loader in (UniqueKeyLoader, FastUniqueKeyLoader):
 # A JSON number that YAML 1.1 (PyYAML's resolver) also reads as a float: a dot, and an
 # exponent only with a sign. `1e5` or `1.5e10` is a string there.
 _YAML_FLOAT = re.compile(r"-?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?")
+_JSON_START = re.compile(r"\s*[{\[]")  # (a match, not a stripped copy of a large file)
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def parse_json(text: str) -> Any:
 
 def parse_yaml(text: str, problems: list[str]) -> Any:
     """The document in `text`; if it cannot be read, None and its (first) problem appended."""
-    if text.lstrip()[:1] in ("{", "["):
+    if _JSON_START.match(text):
         try:
             return parse_json(text)
         except (ValueError, RecursionError):
