@@ -11,8 +11,9 @@ from typing import Any, Literal
 from .config import ProbeConfig
 
 # orjson (the `speedups` extra, in the locked install) parses a message several times faster
-# than the json module; what it refuses (NaN, integers beyond 64 bits, lone surrogates, deep
-# nesting) the json module reads as before, so the result never depends on which one ran.
+# than the json module; what it refuses (NaN, Infinity, lone surrogates, deep nesting) the
+# json module reads as before. One difference stays: an integer outside the 64-bit range is
+# the nearest float to orjson, exact to the json module (docs/configuration.md, `expect`).
 fast_loads: Callable[[str], Any] | None
 try:
     from orjson import JSONDecodeError as _FastError

@@ -357,3 +357,30 @@ def test_a_json_config_loads_like_its_yaml_twin() -> None:
     import yaml
 
     assert config.loads(json.dumps(doc)) == config.loads(yaml.safe_dump(doc))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": "\\ud83d\\ude00"}',  # a surrogate pair: JSON joins it, YAML does not
+        '{"a": "x\u0085y"}',  # NEL, which YAML folds
+        '{"a": "x\u2028 y"}',
+        '{"a": "x\x7fy"}',  # DEL, which YAML refuses
+        '{"' + "k" * 1100 + '": 1}',  # a key longer than YAML allows
+    ],
+)
+def test_json_that_yaml_reads_otherwise_goes_to_the_yaml_loader(text: str) -> None:
+    """Where YAML and JSON disagree about a text, YAML decides: the same value, or the same
+    refusal, as a file that is not JSON would get."""
+    import yaml
+
+    problems: list[str] = []
+    got = parse_yaml(text, problems)
+    try:
+        want = yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError:
+        assert got is None
+        assert problems
+    else:
+        assert got == want
+        assert not problems

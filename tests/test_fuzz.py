@@ -940,3 +940,16 @@ def test_the_locked_install_parses_with_orjson() -> None:
     assert "\norjson==" in lock
     pytest.importorskip("orjson")
     assert replies.fast_loads is not None
+
+
+def test_an_integer_beyond_64_bits_is_the_nearest_float_with_orjson(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one documented difference: orjson reads an integer outside the 64-bit range as
+    the nearest float; the json module, exactly. Inside the range both are exact."""
+    pytest.importorskip("orjson")
+    inside, beyond = 2**64 - 1, 2**64 + 1
+    assert replies.parse(f'{{"a": {inside}, "b": {-(2**63)}}}') == {"a": inside, "b": -(2**63)}
+    assert replies.parse(f'{{"a": {beyond}}}') == {"a": float(beyond)}
+    monkeypatch.setattr(replies, "fast_loads", None)
+    assert replies.parse(f'{{"a": {beyond}}}') == {"a": beyond}

@@ -150,3 +150,16 @@ def test_a_shard_validates_its_own_targets_only(tmp_path: Path) -> None:
     for index in range(3):
         with pytest.raises(config_mod.ConfigError, match=r"targets\[52\].name: duplicate"):
             config_mod.loads(twice, shard=Fixed(index, 3))
+
+
+def test_a_name_that_is_none_is_refused_by_every_shard() -> None:
+    """A target whose name is not a valid name (a lone surrogate, a trailing newline) has no
+    owner to report it: every shard validates it, and refuses the config by its path."""
+    from monitor import config as config_mod
+    from monitor.sharding import Fixed
+
+    for bad in ("bad\\ud800", "t1\\n"):
+        text = f'{{"targets": [{{"name": "{bad}", "url": "ws://127.0.0.1:1/"}}]}}'
+        for index in range(3):
+            with pytest.raises(config_mod.ConfigError, match=r"targets\[0\].name: invalid name"):
+                config_mod.loads(text, shard=Fixed(index, 3))

@@ -32,6 +32,7 @@ from .sources import (
     read_headers_file,
     target_secrets,
 )
+from .values import is_name
 
 # Collections a target inherits from `defaults` equal in every target that does not set them.
 _SHARED = ("probes", "headers")
@@ -123,7 +124,8 @@ def loads(
             problems.append(f"{where}: expected a mapping with name, url and options")
             continue
         name = item.get("name")
-        if owns is not None and isinstance(name, str) and not owns(name):
+        # (a name that is not one is validated here, and refused, by every shard)
+        if owns is not None and isinstance(name, str) and is_name(name) and not owns(name):
             if name in names:
                 problems.append(_duplicate(where, name, names[name]))
             else:

@@ -75,12 +75,19 @@ for _loader in (UniqueKeyLoader, FastUniqueKeyLoader):
 # exponent only with a sign. `1e5` or `1.5e10` is a string there.
 _YAML_FLOAT = re.compile(r"-?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?")
 _JSON_START = re.compile(r"\s*[{\[]")  # (a match, not a stripped copy of a large file)
+# Where YAML and JSON read the same text otherwise: a surrogate escape (JSON joins a pair,
+# YAML does not), and characters YAML folds or refuses (DEL; outside ASCII: NEL, U+2028,
+# C1 controls, U+FFFE); a file with any of them goes to the YAML loaders.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_YAML_KEY_MAX = 1024  # a longer key is an error to YAML
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found = dict(pairs)
     if len(found) != len(pairs):
         raise ValueError("duplicate key")  # the YAML loader reads it again and says which
+    if any(len(key) > _YAML_KEY_MAX for key in found):
+        raise ValueError("long key")
     return found
 
 
@@ -103,7 +110,12 @@ def parse_json(text: str) -> Any:
 
 def parse_yaml(text: str, problems: list[str]) -> Any:
     """The document in `text`; if it cannot be read, None and its (first) problem appended."""
-    if _JSON_START.match(text):
+    if (
+        _JSON_START.match(text)
+        and text.isascii()
+        and "\x7f" not in text
+        and _SURROGATE_ESCAPE.search(text) is None
+    ):
         try:
             return parse_json(text)
         except (ValueError, RecursionError):

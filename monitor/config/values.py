@@ -60,9 +60,14 @@ def alignment(value: Any) -> float:
     return seconds
 
 
+def is_name(v: str) -> bool:
+    """True when `v` is a valid target or probe name (letters, digits, '_', '.', '-')."""
+    return _NAME_RE.fullmatch(v) is not None
+
+
 def _check_name(v: str) -> str:
     """Target and probe names become label values: keep them plain."""
-    if not _NAME_RE.match(v):
+    if not is_name(v):
         raise ValueError(f"invalid name {v!r}: use letters, digits, '_', '.', '-'")
     return v
 
