@@ -91,15 +91,16 @@ class TargetRunner:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"target:{self.target.name}")
 
-    async def stop(self, code: int, grace: float) -> None:
-        """Close the connection with `code` and end the loop; cancel it if that takes too long."""
+    async def stop(self, code: int, grace: float, reason: str = "going away") -> None:
+        """Close the connection with `code` and `reason` and end the loop; cancel it if that
+        takes too long."""
         task = self._task
         if task is None or task.done():
             return
         self._stop_code = code
         session = self._session
         if session is not None:
-            session.close(code, "going away" if code == 1001 else "removed from config")
+            session.close(code, reason)
         else:
             task.cancel()  # connecting or backing off: nothing to close politely
         _, running = await asyncio.wait({task}, timeout=grace)
@@ -327,10 +328,14 @@ class Supervisor:
 
         old_probes = {n: {p.name for p in self.runners[n].target.probes} for n in changed}
 
-        async def retire(name: str, code: int) -> None:
-            await self.runners.pop(name).stop(code, self.stop_timeout)
+        async def retire(name: str, reason: str) -> None:
+            await self.runners.pop(name).stop(1001, self.stop_timeout, reason)
 
-        await asyncio.gather(*(retire(n, 1000) for n in removed + changed))
+        # 1001 (going away), as at shutdown: the monitor leaves, the server did nothing wrong.
+        await asyncio.gather(
+            *(retire(n, "removed from config") for n in removed),
+            *(retire(n, "changed by a reload") for n in changed),
+        )
         for name in removed:
             self.metrics.remove_target(name)
         for name in changed:

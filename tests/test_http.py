@@ -120,7 +120,7 @@ async def test_readyz_waits_for_first_attempt(start_daemon: StartDaemon) -> None
 async def test_reload_keeps_unchanged_and_drops_removed(
     server: WSTestServer, other_server: WSTestServer, start_daemon: StartDaemon
 ) -> None:
-    """A reload keeps an unchanged target's connection, closes a removed one with 1000 and
+    """A reload keeps an unchanged target's connection, closes a removed one with 1001 and
     removes its series."""
     from monitor import config
 
@@ -132,7 +132,7 @@ async def test_reload_keeps_unchanged_and_drops_removed(
 
     new = config.loads(yaml.safe_dump({"listen": "127.0.0.1:0", "targets": [keep]}))
     assert await h.daemon.reload(new)
-    await other_server.wait_for(lambda: 1000 in other_server.close_frames)
+    await other_server.wait_for(lambda: 1001 in other_server.close_frames)
     assert server.connections == 1
     assert not h.exists("wsmon_connected", target="gone")
     assert h.value("wsmon_connected", target="keep") == 1

@@ -62,7 +62,7 @@ async def test_reload_is_a_diff(
     server: WSTestServer, other_server: WSTestServer, from_file: Any
 ) -> None:
     """Unchanged targets keep their connection (no new handshake), removed ones close with
-    1000 and their series disappear, new ones start, changed ones restart."""
+    1001 (going away) and their series disappear, new ones start, changed ones restart."""
     third = WSTestServer()
     await third.start()
     try:
@@ -80,9 +80,9 @@ async def test_reload_is_a_diff(
         write(path, keep, new_changed, added)
         assert await h.daemon.reload()
 
-        await other_server.wait_for(lambda: other_server.close_frames == [1000])
+        await other_server.wait_for(lambda: other_server.close_frames == [1001])
         await third.wait_for(lambda: third.connections == 2 and third.open_connections == 1)
-        assert third.close_frames == [1000]
+        assert third.close_frames == [1001]
         await server.wait_for(lambda: server.connections == 2 and server.open_connections == 2)
         await h.wait_for(lambda: h.value("wsmon_connected", target="added") == 1)
         # `keep` never saw a second handshake: server.connections == 2 is keep + added.

@@ -155,7 +155,7 @@ async def test_shutdown_and_reload_unsubscribe_before_closing(
     server: WSTestServer, other_server: WSTestServer, start_daemon: StartDaemon
 ) -> None:
     """Stopping the daemon sends the unsubscribe, then the 1001 close; a reload that
-    changes the target the same before its 1000 close."""
+    removes the stream probe (the target changes) the same."""
     h = await start_daemon(
         target("s", server.url, probes=[stream(max_gap="2s")]),
         target("o", other_server.url, probes=[stream(max_gap="2s")]),
@@ -175,7 +175,7 @@ async def test_shutdown_and_reload_unsubscribe_before_closing(
     )
     assert await h.daemon.reload(cfg)
     await other_server.wait_for(lambda: other_server.connections == 2)
-    assert other_server.conn_events[0][-2:] == ["forget", "close:1000"]
+    assert other_server.conn_events[0][-2:] == ["forget", "close:1001"]
     assert not h.exists("wsmon_stream_messages_total", target="o", probe="ticks")
     await h.daemon.stop()
     assert server.conn_events[0][-2:] == ["forget", "close:1001"]
