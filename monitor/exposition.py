@@ -18,7 +18,7 @@ from structlog.typing import FilteringBoundLogger
 from . import page, status
 from .anatomy import PHASES
 from .config import TargetConfig, TCPConfig
-from .config.model import ProbeEndpointConfig, ProbeModule
+from .config.daemon import ProbeEndpointConfig, ProbeModule
 from .config.probeurls import ProbeURL, parse_probe_url
 from .log import redact_url
 from .oneshot import ProbeResult, probe_once

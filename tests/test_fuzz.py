@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from monitor import config, probes, replies
 from monitor.aiohooks import Hooks
 from monitor.config import ConfigError, ProbeConfig
-from monitor.config.model import RawConfig
+from monitor.config.daemon import RawConfig
 from monitor.correlation import Correlator, Pending, Reply
 from monitor.handles import UNMATCHED_REASONS
 from monitor.log import Logging

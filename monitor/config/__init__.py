@@ -1,22 +1,25 @@
 """Typed, validated configuration: load(path) -> Config, or ConfigError listing every problem.
 
-`model` holds the typed model, `values` the value types it is written in (durations, names,
+`model` holds the targets' typed model, `daemon` the top-level blocks and `Config`, `values`
+the value types they are written in (durations, names,
 buckets, ...), `sources` reads values (YAML, `${VAR}`, files), `loading` merges `defaults`
 into targets and reports problems by path.
 """
 
-from .loading import ConfigError, load, loads
-from .model import (
+from .daemon import (
     DEFAULT_LISTEN,
-    AuthConfig,
     Config,
     HTTPConfig,
     LogConfig,
     MetricsConfig,
+    ShardingConfig,
+)
+from .loading import ConfigError, load, loads
+from .model import (
+    AuthConfig,
     ProbeConfig,
     RateLimitsConfig,
     ReconnectConfig,
-    ShardingConfig,
     TargetConfig,
     TargetSettings,
     TCPConfig,

@@ -15,15 +15,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from .model import (
-    Config,
-    ProbeEndpointConfig,
-    RawConfig,
-    ReconnectConfig,
-    ShardingConfig,
-    TargetConfig,
-    TargetSettings,
-)
+from .daemon import Config, ProbeEndpointConfig, RawConfig, ShardingConfig
+from .model import ReconnectConfig, TargetConfig, TargetSettings
 from .sources import (
     MAX_CONFIG_BYTES,
     expand_env,
