@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -136,7 +135,7 @@ class Daemon:
         # side's reserve, is theirs.
         self._fds_held = fdbudget.open_fds()
         self._check_fds(self.owned)
-        self._check_rate_limits(self.owned)
+        ratelimits.warn_over_known_limits(self.owned, self.log)
         self._set_shard()
         await self.supervisor.apply(self.owned)
         self._loaded()
@@ -206,19 +205,6 @@ class Daemon:
             reuse_address=True,
         )
         self.port = int(self._server.sockets[0].getsockname()[1]) if self._server.sockets else port
-
-    def _check_rate_limits(self, config: Config) -> None:
-        """Warn where the probes plan more requests than a limit the config states (the
-        server's own limits are compared when it states them, `monitor.ratelimits`)."""
-        for name, window, planned, limit in ratelimits.over_known_limits(config):
-            self.log.warning(
-                "rate_limit.plan_exceeds",
-                target=name,
-                window=window,
-                planned=round(planned, 1),
-                limit=limit,
-                source="config",
-            )
 
     def _check_fds(self, config: Config) -> None:
         """Raise the open files limit, give targets what is left after the daemon's own and
@@ -319,7 +305,7 @@ class Daemon:
             )
         owned = shard.owned(new)
         self._check_fds(owned)
-        self._check_rate_limits(owned)
+        ratelimits.warn_over_known_limits(owned, self.log)
         # A new shard count moves only the targets whose owners changed: the others are
         # unchanged in `owned`, and keep their connections.
         changes = await self.supervisor.apply(owned)
@@ -394,42 +380,3 @@ class Daemon:
                 async with asyncio.timeout(self.stop_timeout):
                     await self._server.wait_closed()
         self.log.info("shutdown.complete")
-
-
-async def serve(daemon: Daemon, announce: str | None = None) -> int:
-    """Run `daemon` until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit status."""
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    reloads: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(daemon.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    watchdog: asyncio.Task[None] | None = None
-    try:
-        await daemon.start()
-        watchdog = asyncio.create_task(daemon.notifier.watchdog(), name="watchdog")
-        if announce:
-            print(
-                announce.format(page_url=daemon.page_url, metrics_url=daemon.metrics_url),
-                flush=True,
-            )
-        await stopping.wait()
-        daemon.log.info("shutdown.started")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        for task in reloads:
-            task.cancel()
-        await asyncio.gather(*reloads, return_exceptions=True)
-        await daemon.stop()
-        if watchdog is not None:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
-        daemon.notifier.close()
-    return 0

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from . import __version__, fdbudget, probecli, ratelimits, series, sharding, speedups, statuscli
 from . import config as config_mod
-from .app import Daemon, serve
+from .app import Daemon
 from .config import ConfigError, TargetConfig
 from .log import LEVELS, Logging
 from .sharding import Shard
-from .systemd import Notifier
+from .systemd import Notifier, serve
 from .web import WebConfigError
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from . import config as config_mod
 from . import speedups
-from .app import Daemon, serve
+from .app import Daemon
 from .config import DEFAULT_LISTEN
 from .demo_api import DemoAPI
 from .log import Logging
+from .systemd import serve
 from .web import WebConfigError
 
 # The daemon's own config for the demo, in the same YAML a user would write.

@@ -16,6 +16,8 @@ from .metrics import RATE_WINDOWS
 from .probes import SEND_ERRORS
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
     from .config import Config
     from .session import Session
 
@@ -127,3 +129,17 @@ def over_known_limits(config: Config) -> list[tuple[str, str, float, int]]:
             if limit is not None and planned > limit:
                 over.append((target.name, window, planned, limit))
     return over
+
+
+def warn_over_known_limits(config: Config, log: FilteringBoundLogger) -> None:
+    """Warn (`rate_limit.plan_exceeds`) where the probes plan more requests than a limit the
+    config states; the server's own limits are compared when it states them."""
+    for name, window, planned, limit in over_known_limits(config):
+        log.warning(
+            "rate_limit.plan_exceeds",
+            target=name,
+            window=window,
+            planned=round(planned, 1),
+            limit=limit,
+            source="config",
+        )

@@ -1,12 +1,18 @@
-"""systemd's notify protocol (READY, RELOADING, STOPPING, WATCHDOG) without a dependency."""
+"""Running as a service: systemd's notify protocol (READY, RELOADING, STOPPING, WATCHDOG)
+without a dependency, and `serve`, which runs a daemon under the signals a service gets."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .app import Daemon
 
 
 class Notifier:
@@ -70,3 +76,42 @@ def _watchdog_interval(env: Mapping[str, str]) -> float | None:
     if pid and pid.isdigit() and int(pid) != os.getpid():
         return None  # meant for another process
     return int(usec) / 1_000_000
+
+
+async def serve(daemon: Daemon, announce: str | None = None) -> int:
+    """Run `daemon` until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        await daemon.start()
+        watchdog = asyncio.create_task(daemon.notifier.watchdog(), name="watchdog")
+        if announce:
+            print(
+                announce.format(page_url=daemon.page_url, metrics_url=daemon.metrics_url),
+                flush=True,
+            )
+        await stopping.wait()
+        daemon.log.info("shutdown.started")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        for task in reloads:
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
+        await daemon.stop()
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        daemon.notifier.close()
+    return 0
