@@ -163,12 +163,12 @@ async def listing(runners: Iterable[TargetRunner], query: Mapping[str, str]) -> 
             await asyncio.sleep(0)
         state = r.state.state
         by_state[state] += 1
-        for name, rtt in _last_rtts(r.m).items():
-            if rtt is not None and (worst is None or rtt > worst[0]):
-                worst = (rtt, r.target.name, name)
+        for name, pm in r.m.probes.items():
+            if pm.recent is not None and (worst is None or pm.last_rtt.value > worst[0]):
+                worst = (pm.last_rtt.value, r.target.name, name)
         trouble = problem(r)
         problems += trouble
-        if (not states or state in states) and needle in r.target.name.lower():
+        if (not states or state in states) and (not needle or needle in r.target.name.lower()):
             matched.append((not trouble, r.target.name, r))
     matched.sort()  # problems first, then by name (names are unique: no tie reaches a runner)
     now = time.time()

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import json
 import os
@@ -80,8 +79,7 @@ def daemon(
     if password_file is not None:
         if user is None:
             raise ValueError("--password-file: give --user too")
-        token = base64.b64encode(f"{user}:{_password(password_file)}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
+        headers["Authorization"] = aiohttp.BasicAuth(user, _password(password_file)).encode()
     elif users:
         raise ValueError("the web config asks for basic auth: give --password-file (and --user)")
     elif user is not None:

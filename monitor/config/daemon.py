@@ -8,7 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from .model import (
     Strict,
@@ -18,7 +25,7 @@ from .model import (
     check_origin_once,
     check_stream_ids,
 )
-from .probeurls import ProbeURL, check_pattern, parse_target_pattern
+from .probeurls import ProbeURL, TargetPattern, check_pattern, parse_target_pattern
 from .values import DEFAULT_RTT_BUCKETS, Buckets, Duration, Name, alignment, parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:9815"
@@ -53,6 +60,7 @@ class ProbeEndpointConfig(Strict):
     allowed_targets: list[Annotated[str, AfterValidator(check_pattern)]]
     max_concurrent: int = Field(default=20, ge=1, le=10_000)
     modules: dict[Name, ProbeModule]
+    _patterns: tuple[TargetPattern, ...] = PrivateAttr(default=())
 
     @field_validator("allowed_targets")
     @classmethod
@@ -70,9 +78,15 @@ class ProbeEndpointConfig(Strict):
             raise ValueError("define at least one module (what /probe?module=NAME runs)")
         return v
 
+    @model_validator(mode="after")
+    def _parsed(self) -> ProbeEndpointConfig:
+        # Parsed once here (each was checked by `check_pattern`), not on every GET /probe.
+        self._patterns = tuple(parse_target_pattern(p) for p in self.allowed_targets)
+        return self
+
     def allows(self, target: ProbeURL) -> bool:
         """True when an `allowed_targets` pattern matches the whole of `target`."""
-        return any(parse_target_pattern(p).matches(target) for p in self.allowed_targets)
+        return any(pattern.matches(target) for pattern in self._patterns)
 
 
 class LogConfig(Strict):

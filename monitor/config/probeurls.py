@@ -3,7 +3,6 @@ taken apart and checked part by part: what was matched is what is contacted."""
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -93,7 +92,6 @@ class TargetPattern:
         )
 
 
-@functools.lru_cache(maxsize=1024)  # a pattern is matched on every GET /probe
 def parse_target_pattern(text: str) -> TargetPattern:
     """`wss://*.example.com/*`, `ws://127.0.0.1:*`; ValueError says what is wrong."""
     m = _PATTERN_RE.match(text)
