@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import ssl
 
+import aiohttp
 import pytest
 from certs import PKI, make_pki
 from conftest import Harness, StartDaemon, target
@@ -88,6 +89,10 @@ async def test_tls_phase_and_certificate_expiry(pki: PKI, start_daemon: StartDae
             expected = min(expected, ca.not_valid_after_utc.timestamp())
         got = h.value("wsmon_tls_cert_not_after_timestamp_seconds", target="s")
         assert got == expected
+        api = f"{h.base_url}/api/v1/targets"  # the status API says the same
+        async with aiohttp.ClientSession() as http, http.get(api) as r:
+            (listed,) = (await r.json())["targets"]
+        assert listed["tls"] == {"not_after": expected}
         info = [s for m in h.registry.collect() if m.name == "wsmon_tls_info" for s in m.samples]
         assert len(info) == 1
         assert info[0].labels["version"] in ("TLSv1.2", "TLSv1.3")

@@ -127,4 +127,6 @@ async def test_streams_and_their_freshness(server: WSTestServer, start_daemon: S
     await h.wait_for(lambda: h.value("wsmon_stream_stale", target="s", probe="ticks") == 1)
     body = await api(h)
     assert body["targets"][0]["streams"]["ticks"]["stale"] is True
+    # Stale after 150 ms of silence: every tick the server sent has arrived, and counts.
+    assert body["targets"][0]["streams"]["ticks"]["messages"] == server.ticks_sent
     assert body["summary"]["problems"] == 1
