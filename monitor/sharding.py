@@ -15,9 +15,9 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .config import Config, ShardingConfig
@@ -49,11 +49,11 @@ class Shard:
         return self.count == 1
 
     def owns(self, target: str) -> bool:
-        return self.alone or self.index in owners(target, self.count, self.replicas)
+        return self.alone or owned_by(target, self.index, self.count, self.replicas)
 
     def owned(self, config: Config) -> Config:
         """`config` with this shard's targets only (it still counts every target listed)."""
-        if self.alone:
+        if self.alone or config.selected == self:  # loaded for this shard: its own already
             return config
         return dataclasses.replace(
             config,
@@ -88,15 +88,15 @@ class Fixed:
             s.replicas if self.replicas is None else self.replicas,
         )
 
-    def selects(self, s: ShardingConfig) -> Callable[[str], bool] | None:
-        """Which target names this shard owns under a config's `sharding` block, for the
-        loader to validate those only; None: every target (one shard alone, or a shard
+    def selects(self, s: ShardingConfig) -> Shard | None:
+        """The shard these flags make under a config's `sharding` block, for the loader to
+        validate and keep its targets only; None: every target (one shard alone, or a shard
         that cannot be: the daemon says why once the config is loaded)."""
         try:
             shard = self.within(s)
         except ValueError:
             return None
-        return None if shard.alone else shard.owns
+        return None if shard.alone else shard
 
 
 def weight(target: str, shard: int) -> int:
@@ -106,25 +106,55 @@ def weight(target: str, shard: int) -> int:
     return int.from_bytes(digest, "big")
 
 
+class _Hasher(Protocol):
+    def copy(self) -> _Hasher: ...
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
 @functools.lru_cache(maxsize=8)
-def _prefixes(count: int) -> tuple[bytes, ...]:
-    """What `weight` hashes before the target's name, for each of `count` shards."""
-    return tuple(f"{shard}\0".encode() for shard in range(count))
+def _hashers(count: int) -> tuple[_Hasher, ...]:
+    """`weight`'s hash for each of `count` shards, fed its prefix: a copy of one, fed the
+    target's name, gives the shard's weight for it (a copy costs less than a new hash)."""
+    return tuple(hashlib.blake2b(f"{shard}\0".encode(), digest_size=8) for shard in range(count))
+
+
+def _weighs(hasher: _Hasher, name: bytes) -> bytes:
+    """`weight` as 8 big-endian bytes, which compare as the numbers do."""
+    h = hasher.copy()
+    h.update(name)
+    return h.digest()
 
 
 def owners(target: str, count: int, replicas: int = 1) -> list[int]:
     """The shards that monitor `target`: the `replicas` of `count` that weigh highest (ties,
-    which 64 bits make unlikely, go to the higher shard). A shard asks this of every target
-    in its config, so it is `weight` without the per-call formatting."""
+    which 64 bits make unlikely, go to the higher shard)."""
     name = target.encode()
-    weighed = [
-        (int.from_bytes(hashlib.blake2b(prefix + name, digest_size=8).digest(), "big"), shard)
-        for shard, prefix in enumerate(_prefixes(count))
-    ]
+    weighed = [(_weighs(h, name), shard) for shard, h in enumerate(_hashers(count))]
     if replicas == 1:
         return [max(weighed)[1]]
     weighed.sort(reverse=True)
     return sorted(shard for _, shard in weighed[:replicas])
+
+
+def owned_by(target: str, shard: int, count: int, replicas: int = 1) -> bool:
+    """Whether `shard` is among `owners(target, count, replicas)`: fewer than `replicas`
+    shards outweigh it. A shard asks this of every target in its config, and most are not
+    its own: it stops at the `replicas`-th shard that outweighs it, after a few hashes
+    rather than `count`."""
+    name = target.encode()
+    hashers = _hashers(count)
+    mine = _weighs(hashers[shard], name)
+    above = 0
+    for other, hasher in enumerate(hashers):
+        if other == shard:
+            continue
+        theirs = _weighs(hasher, name)
+        if theirs > mine or (theirs == mine and other > shard):
+            above += 1
+            if above == replicas:
+                return False
+    return True
 
 
 def spread(targets: Iterable[str], count: int, replicas: int = 1) -> list[int]:

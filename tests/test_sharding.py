@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from monitor.cli import main
-from monitor.sharding import Shard, from_hostname, ordinal, owners, parse_shard, spread
+from monitor.sharding import (
+    Shard,
+    from_hostname,
+    ordinal,
+    owners,
+    parse_shard,
+    spread,
+    weight,
+)
 
 NAMES = [f"target-{i}" for i in range(3000)]
 
@@ -43,6 +51,25 @@ def test_the_spread_is_balanced() -> None:
     assert max(per_shard) <= 1.15 * len(NAMES) / 6
     assert min(per_shard) >= 0.85 * len(NAMES) / 6
     assert sum(spread(NAMES, 6, replicas=2)) == 2 * len(NAMES)
+
+
+@pytest.mark.parametrize(("count", "replicas"), [(2, 1), (3, 2), (7, 1), (7, 3), (10, 1)])
+def test_owners_are_the_shards_that_weigh_highest(count: int, replicas: int) -> None:
+    """`owners` and each shard's own (early-stopping) answer are `weight`'s ranking."""
+    for name in NAMES[:400]:
+        ranked = sorted(range(count), key=lambda s: (weight(name, s), s), reverse=True)
+        assert owners(name, count, replicas) == sorted(ranked[:replicas])
+        assert [s for s in range(count) if Shard(s, count, replicas).owns(name)] == sorted(
+            ranked[:replicas]
+        )
+
+
+def test_the_assignment_stays_what_it_was() -> None:
+    """Shards of a fleet upgraded one at a time must agree on owners: these are the owners
+    releases so far computed, and a change of hash would move every target."""
+    names = ["t0", "t1", "api-eu", "ws://x", "\u00e9"]
+    assert [owners(n, 7, 2) for n in names] == [[0, 5], [1, 3], [1, 6], [2, 6], [0, 4]]
+    assert [owners(n, 10) for n in names] == [[5], [9], [1], [6], [0]]
 
 
 def test_the_answer_does_not_depend_on_the_process() -> None:
@@ -163,3 +190,27 @@ def test_a_name_that_is_none_is_refused_by_every_shard() -> None:
         for index in range(3):
             with pytest.raises(config_mod.ConfigError, match=r"targets\[0\].name: invalid name"):
                 config_mod.loads(text, shard=Fixed(index, 3))
+
+
+def test_a_name_made_by_a_variable_is_kept_by_its_owner_only() -> None:
+    """A name written as `${VAR}` is validated by every shard (only expanded is it a name),
+    and kept by the shards that own the name it expands to."""
+    from monitor import config as config_mod
+    from monitor.sharding import Fixed
+
+    text = yaml.safe_dump(
+        {
+            "targets": [{"name": "${NAME}", "url": "ws://127.0.0.1:1/ws"}]
+            + [{"name": n, "url": "ws://127.0.0.1:1/ws"} for n in NAMES[:30]]
+        }
+    )
+    env = {"NAME": "from-the-environment"}
+    kept = []
+    for index in range(3):
+        loaded = config_mod.loads(text, env=env, shard=Fixed(index, 3))
+        assert Shard(index, 3).owned(loaded) is loaded  # loaded for this shard: its own only
+        kept.append([t.name for t in loaded.targets])
+        assert kept[-1] == [
+            n for n in ["from-the-environment", *NAMES[:30]] if Shard(index, 3).owns(n)
+        ]
+    assert sum("from-the-environment" in names for names in kept) == 1

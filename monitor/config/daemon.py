@@ -199,6 +199,9 @@ class Config:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     # How many targets the file lists, other shards' included (None: as many as `targets`).
     listed: int | None = None
+    # The shard whose targets `targets` holds, when it was loaded for one (the loader kept
+    # that shard's only); None: every target the file lists.
+    selected: object | None = None
 
     @property
     def listed_targets(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,10 +31,16 @@ from .values import is_name
 _SHARED = ("probes", "headers")
 
 
-class Selection(Protocol):
-    """Which targets a shard of a fleet owns (`monitor.sharding.Fixed`)."""
+class Owner(Protocol):
+    """A shard of a fleet (`monitor.sharding.Shard`): whether it owns a target."""
 
-    def selects(self, s: ShardingConfig, /) -> Callable[[str], bool] | None: ...
+    def owns(self, target: str, /) -> bool: ...
+
+
+class Selection(Protocol):
+    """Which shard of a fleet loads a config (`monitor.sharding.Fixed`)."""
+
+    def selects(self, s: ShardingConfig, /) -> Owner | None: ...
 
 
 class ConfigError(Exception):
@@ -88,12 +94,20 @@ def loads(
             ["<root>: expected a mapping of keys (listen, defaults, targets)"], source
         )
     used_env: set[str] = set()
-    try:
-        data = expand_env(data, "", os.environ if env is None else env, problems, used_env)
-    except RecursionError:  # a YAML alias that contains itself
-        raise ConfigError(["<root>: a YAML alias refers to itself"], source) from None
+    environ = os.environ if env is None else env
 
-    raw_targets = data.pop("targets", None)
+    def expand(node: Any, path: str) -> Any:
+        try:
+            return expand_env(node, path, environ, problems, used_env)
+        except RecursionError:  # a YAML alias that contains itself
+            raise ConfigError(["<root>: a YAML alias refers to itself"], source) from None
+
+    # The targets are expanded one at a time, each only if it is validated here.
+    raw_targets = data.get("targets")
+    data = expand({k: v for k, v in data.items() if k != "targets"}, "")
+    if "targets" in data:  # a key that `${VAR}` made "targets"
+        problems.append("targets: the key `targets` must be written out, not made by ${VAR}")
+        data.pop("targets")
     try:
         raw = RawConfig.model_validate(data)
     except ValidationError as exc:
@@ -110,19 +124,22 @@ def loads(
     problems.extend(_check_reconnect(raw.defaults.reconnect, "defaults.reconnect"))
     if not raw_targets and not problems and raw.probe_endpoint is None:
         problems.append("targets: at least one target is required")
-    owns = None if shard is None else shard.selects(raw.sharding)
+    owner = None if shard is None else shard.selects(raw.sharding)
     for i, item in enumerate(raw_targets):
         where = f"targets[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: expected a mapping with name, url and options")
-            continue
-        name = item.get("name")
-        # (a name that is not one is validated here, and refused, by every shard)
-        if owns is not None and isinstance(name, str) and is_name(name) and not owns(name):
+        name = item.get("name") if isinstance(item, dict) else None
+        # A name that is not one (`${VAR}` included: expanded, it may be) is validated here
+        # by every shard; the target is then kept by its owners only.
+        placed = isinstance(name, str) and is_name(name)
+        if owner is not None and isinstance(name, str) and placed and not owner.owns(name):
             if name in names:
                 problems.append(_duplicate(where, name, names[name]))
             else:
                 names[name] = i
+            continue
+        item = expand(item, where)
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected a mapping with name, url and options")
             continue
         try:
             target = TargetConfig.model_validate(_with_defaults(item, raw.defaults))
@@ -135,6 +152,8 @@ def loads(
             problems.append(_duplicate(where, target.name, names[target.name]))
         else:
             names[target.name] = i
+        if owner is not None and not placed and not owner.owns(target.name):
+            continue
         if target.headers_file is not None:
             from_file = read_headers_file(target.headers_file, f"{where}.headers_file")
             if isinstance(from_file, str):
@@ -166,6 +185,7 @@ def loads(
         probe_endpoint=probe_endpoint,
         sharding=raw.sharding,
         listed=len(raw_targets),
+        selected=owner,
     )
 
 
