@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, fdbudget, probecli, ratelimits, series, sharding, speedups, statuscli
+from . import __version__, fdbudget, probecli, ratelimits, series, sharding, speedups
 from . import config as config_mod
 from .app import Daemon
 from .config import ConfigError, TargetConfig
@@ -357,6 +357,8 @@ def _probe_target(args: argparse.Namespace) -> TargetConfig:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from . import statuscli  # the client's terminal view: not loaded into every daemon
+
     try:
         interval = config_mod.parse_duration(args.interval)
     except ValueError as exc:
