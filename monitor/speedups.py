@@ -1,8 +1,6 @@
-"""Optional speed-up (`pip install wsmon[speedups]`): uvloop's event loop. The daemon works
-the same without it; bench/RESULTS.md shows what it buys.
-
-(orjson was measured too and left out: it reads integers beyond 64 bits as floats, so replies
-would not be judged exactly as the json module judges them.)"""
+"""Optional speed-ups (`pip install wsmon[speedups]`): uvloop's event loop, chosen here, and
+orjson, which reads replies when installed (`monitor.replies`). The daemon works the same
+without them; bench/RESULTS.md shows what they buy."""
 
 from __future__ import annotations
 
