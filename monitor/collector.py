@@ -9,8 +9,8 @@ So a daemon with FREEZE_FROM targets or more moves what exists into the collecto
 permanent generation every FREEZE_EVERY seconds (`gc.freeze()`, a constant-time splice): a
 young collection then walks at most that long's new objects. Frozen objects are still freed
 by reference counting; what the freeze hides is cyclic garbage that forms after it (aiohttp
-leaves some when a connection ends). To bound that, a full collection (unfreeze, collect,
-freeze) runs once the daemon has settled (every target had its first attempt, at start and
+makes some; the daemon clears the cycles of failed handshakes and ended connections, see
+`handshake.let_go`). To bound the rest, a full collection (unfreeze, collect, freeze) runs once the daemon has settled (every target had its first attempt, at start and
 after each reload) and again whenever the interpreter's allocated memory blocks have grown
 by GROWTH since the last full collection (`sys.getallocatedblocks()` is cheap; counting the
 frozen objects would walk all of them).

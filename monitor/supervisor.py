@@ -20,6 +20,7 @@ from .handshake import (
     Opened,
     authenticate,
     connect,
+    let_go,
     safe_url,
     tls_context,
 )
@@ -141,6 +142,11 @@ class TargetRunner:
                         ended = await self._failed(opened.ws, exc)
                     finally:
                         self._disconnected()
+                        # aiohttp keeps what ended the connection on it, in a cycle through
+                        # the error's traceback: cleared, the connection is freed with it.
+                        error = opened.ws.exception()
+                        if error is not None:
+                            let_go(error)
                 finally:
                     self.limits.fds.release()
                 had_connection = True
@@ -179,7 +185,7 @@ class TargetRunner:
                     tune(sock, self.http.tcp)
         except ConnectFailed as exc:
             fds.release()
-            return exc
+            return exc.with_traceback(None)  # (its traceback would hold this frame, which holds it)
         except BaseException:
             fds.release()
             raise
@@ -188,7 +194,7 @@ class TargetRunner:
                 await authenticate(opened.ws, t, self.m)  # closes the connection if it fails
             except ConnectFailed as exc:
                 fds.release()
-                return exc
+                return exc.with_traceback(None)
             except BaseException:  # stopped meanwhile: the socket must not outlive us
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(t.close_timeout):

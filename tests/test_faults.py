@@ -8,16 +8,19 @@ the server saw, a log event carries the facts, and detection happens within its 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness, StartDaemon, target
+from aiohttp import web
+from conftest import Harness, StartDaemon, closed_port, target
 from wsprocess import ServerProcess
 from wsserver import WSTestServer
 
@@ -411,3 +414,68 @@ async def test_thundering_herd_is_spread_and_bounded(
     accepted = sorted(server.accepted_at[n:])
     assert accepted[-1] - accepted[0] >= 0.6 * window
     assert h.value("wsmon_reconnects_total", target="t0") == 1
+
+
+# aiohttp's client objects, which a failed connection's reference cycles used to carry along
+# (the server's own, in this process too, are not ours to count).
+CLIENT_KINDS = {
+    "ClientWebSocketResponse", "ClientResponse", "ClientRequest", "ClientConnectorError",
+    "ConnectFailed", "TimeoutError",
+}  # fmt: skip
+
+
+async def test_failed_connections_are_freed_without_the_cyclic_collector(
+    start_daemon: StartDaemon,
+) -> None:
+    """A connection that dies and handshakes that fail leave nothing for the cyclic
+    collector: aiohttp keeps each error in a reference cycle through its traceback (a
+    connection's objects with it), which the daemon clears. Under a reconnect storm those
+    cycles made memory climb for as long as the storm lasted (the collector's frozen
+    schedule, monitor/collector.py, finds them late). Here: a target whose every handshake
+    is refused, and one whose server upgrades and then reads nothing, so that its probes
+    time out and its close is never answered, again and again."""
+    upgrades = 0
+
+    async def deaf(request: web.Request) -> web.WebSocketResponse:
+        nonlocal upgrades
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        upgrades += 1
+        await asyncio.sleep(3600)  # reads nothing: no reply, no close frame
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", deaf)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    fast = {"initial_delay": "10ms", "max_delay": "20ms", "reset_after": "5s"}
+    probes = [{**PING, "interval": "50ms", "timeout": "40ms"}]
+    gc.unfreeze()  # (what earlier tests' daemons froze)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage, to count
+    try:
+        h = await start_daemon(
+            target("refused", f"ws://127.0.0.1:{closed_port()}/ws", reconnect=fast),
+            target(
+                "deaf", f"ws://127.0.0.1:{port}/ws", reconnect=fast, probes=probes,
+                dead_after_timeouts=1, close_timeout="50ms",
+            ),
+        )  # fmt: skip
+        refusals = ("wsmon_connect_failures_total", "refused")
+        await h.wait_for(
+            lambda: (
+                upgrades >= 4 and h.value(refusals[0], target="refused", reason=refusals[1]) >= 30
+            ),
+            timeout=10,
+        )
+        gc.unfreeze()  # the daemon's schedule froze what lived; what died since is found too
+        gc.collect()
+        left = Counter(type(o).__name__ for o in gc.garbage if type(o).__name__ in CLIENT_KINDS)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        await runner.cleanup()
+    assert left == Counter()
