@@ -10,8 +10,9 @@ permanent generation every FREEZE_EVERY seconds (`gc.freeze()`, a constant-time 
 young collection then walks at most that long's new objects. Frozen objects are still freed
 by reference counting; what the freeze hides is cyclic garbage that forms after it (aiohttp
 makes some; the daemon clears the cycles of failed handshakes and ended connections, see
-`handshake.let_go`). To bound the rest, a full collection (unfreeze, collect, freeze) runs once the daemon has settled (every target had its first attempt, at start and
-after each reload) and again whenever the interpreter's allocated memory blocks have grown
+`handshake.let_go`). To bound the rest, a full collection (unfreeze, collect, freeze) runs
+once the daemon has settled (every target had its first attempt, at start and after each
+reload) and again whenever the interpreter's allocated memory blocks have grown
 by GROWTH since the last full collection (`sys.getallocatedblocks()` is cheap; counting the
 frozen objects would walk all of them).
 

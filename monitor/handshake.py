@@ -46,10 +46,10 @@ class ConnectFailed(Exception):
 def let_go(exc: BaseException) -> None:
     """Clear the locals of every finished frame `exc`, and each exception it chains, passed
     through. aiohttp and aiohappyeyeballs keep a failed connect's error in a local of a frame
-    on that error's own traceback: a reference cycle of some 70 objects per attempt that
-    reference counting cannot free, and that the daemon's frozen collector schedule
-    (`monitor.collector`) would hold for a while. A target that fails every few seconds
-    would make memory climb; cleared, the objects go when the error does."""
+    on that error's own traceback (and a connection whose close failed keeps its error on
+    the WebSocket, in another): reference cycles that reference counting cannot free, and
+    that the daemon's frozen collector schedule (`monitor.collector`) finds late. Targets
+    that keep failing would make memory climb; cleared, the objects go when the error does."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [exc]
     while pending:

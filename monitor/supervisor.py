@@ -185,7 +185,8 @@ class TargetRunner:
                     tune(sock, self.http.tcp)
         except ConnectFailed as exc:
             fds.release()
-            return exc.with_traceback(None)  # (its traceback would hold this frame, which holds it)
+            # (its traceback would hold this frame, which holds it: a reference cycle)
+            return exc.with_traceback(None)
         except BaseException:
             fds.release()
             raise
@@ -193,6 +194,9 @@ class TargetRunner:
             try:
                 await authenticate(opened.ws, t, self.m)  # closes the connection if it fails
             except ConnectFailed as exc:
+                error = opened.ws.exception()
+                if error is not None:
+                    let_go(error)  # (see _run)
                 fds.release()
                 return exc.with_traceback(None)
             except BaseException:  # stopped meanwhile: the socket must not outlive us
