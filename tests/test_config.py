@@ -234,6 +234,16 @@ def test_env_in_keys_and_merge_keys() -> None:
     assert [p.name for p in t.probes] == ["other"]
 
 
+def test_the_targets_key_is_written_out() -> None:
+    """The targets are expanded one at a time (a shard expands only its own), so the key
+    that holds them must be written as it is, not made by `${VAR}`."""
+    with pytest.raises(config.ConfigError) as err:
+        config.loads('"${KEY}": [{name: a, url: "ws://h/"}]\n', env={"KEY": "targets"})
+    assert "targets: the key `targets` must be written out, not made by ${VAR}" in (
+        err.value.problems
+    )
+
+
 def test_file_and_credential_values(tmp_path: Path) -> None:
     """`{file: PATH}` and `{credential: NAME}` (from $CREDENTIALS_DIRECTORY, as systemd's
     LoadCredential= provides) become the file's content, and count as secrets."""
