@@ -18,11 +18,9 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
-import yaml
-from pydantic import ValidationError
 
 from .config import DEFAULT_LISTEN
-from .web import WebConfig
+from .web import WebConfig, WebConfigError, read_web_config
 
 ALL_CONNECTED, NOT_ALL_CONNECTED, CANNOT_ASK = 0, 1, 2
 PAGE = 1000  # targets per request: the API's largest `limit`
@@ -104,16 +102,9 @@ def daemon(
 
 def _web_config(path: str) -> WebConfig:
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        return WebConfig.model_validate(raw or {})
-    except OSError as exc:
-        raise ValueError(f"--web.config.file: cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"--web.config.file: {path}: invalid YAML: {exc}") from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise ValueError(f"--web.config.file: {path}: {where}: {err['msg']}") from None
+        return read_web_config(path)
+    except WebConfigError as exc:
+        raise ValueError(f"--web.config.file: {path}: {'; '.join(exc.problems)}") from None
 
 
 def _password(path: str) -> str:

@@ -145,18 +145,19 @@ class LoadedWeb:
     files: tuple[Path, ...]  # what to watch for changes
 
 
-def load_web_config(path: str | Path) -> LoadedWeb:
-    """Read, validate and build the web config at `path`; WebConfigError lists problems."""
+def read_web_config(path: str | Path) -> WebConfig:
+    """Read and validate the web config at `path`, opening none of the files it names (the
+    daemon's `load_web_config`, and `wsmon status`, which only needs to know what it says);
+    WebConfigError lists problems."""
     source = str(path)
-    p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise WebConfigError([f"cannot read web config: {exc.strerror or exc}"], source) from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise WebConfigError([f"invalid YAML: {exc}"], source) from None
     try:
-        cfg = WebConfig.model_validate(raw or {})
+        return WebConfig.model_validate(raw or {})
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
@@ -164,6 +165,13 @@ def load_web_config(path: str | Path) -> LoadedWeb:
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{where}: {msg.removeprefix('Value error, ')}" if where else msg)
         raise WebConfigError(problems, source) from None
+
+
+def load_web_config(path: str | Path) -> LoadedWeb:
+    """Read, validate and build the web config at `path`; WebConfigError lists problems."""
+    cfg = read_web_config(path)
+    source = str(path)
+    p = Path(path)
     base = p.parent
     files = [p]
     ctx = None

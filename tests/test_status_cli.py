@@ -136,6 +136,21 @@ class TestExitStatus:
         assert code == 2
         assert message in err
 
+    async def test_a_bad_web_config_is_2_naming_the_problems(self, tmp_path: Path) -> None:
+        """The web config is read as the daemon reads it: a file that is not UTF-8, or keys
+        it does not know, are usage errors that name the file and every problem."""
+        binary = tmp_path / "binary.yml"
+        binary.write_bytes(b"basic_auth_users: {ops: \xff\xfe}\n")
+        code, _, err = await wsmon("status", "--web.config.file", str(binary))
+        assert code == 2
+        assert f"--web.config.file: {binary}: invalid YAML:" in err
+        unknown = tmp_path / "unknown.yml"
+        unknown.write_text("basic_auth_user: {}\ntls_server_config: {cert_file: c.pem}\n")
+        code, _, err = await wsmon("status", "--web.config.file", str(unknown))
+        assert code == 2
+        assert "basic_auth_user: unknown key" in err
+        assert "tls_server_config.key_file: Field required" in err
+
     async def test_every_page_is_read(
         self, start_daemon: StartDaemon, server: WSTestServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
