@@ -13,7 +13,7 @@ import math
 import time
 from array import array
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .log import redact_url
 
@@ -37,38 +37,45 @@ class Recent:
     """The latest RECENT round trips of a probe, oldest first, in a ring of 4-byte floats."""
 
     __slots__ = ("at", "ring")
+    SIZE: ClassVar[int] = RECENT
+    TYPECODE: ClassVar[Literal["f", "d"]] = "f"
 
     def __init__(self) -> None:
-        self.ring = array("f")
+        self.ring: array[float] = array(self.TYPECODE)
         self.at = 0  # where the next value goes, once the ring is full
 
-    def add(self, seconds: float) -> None:
+    def add(self, value: float) -> None:
         ring = self.ring
-        if len(ring) < RECENT:
-            ring.append(seconds)
+        if len(ring) < self.SIZE:
+            ring.append(value)
         else:
-            ring[self.at] = seconds
-            self.at = (self.at + 1) % RECENT
+            ring[self.at] = value
+            self.at = (self.at + 1) % self.SIZE
 
     def values(self) -> list[float]:
         ring = self.ring
         return [round(v, 6) for v in (*ring[self.at :], *ring[: self.at])]
 
 
+class ReconnectTimes(Recent):
+    """The latest RECONNECTS_KEPT reconnect times (Unix time), in a ring of 8-byte floats."""
+
+    __slots__ = ()
+    SIZE = RECONNECTS_KEPT
+    TYPECODE = "d"
+
+
 class TargetState:
     """A target's connection state and since when (Unix time), and how its latest connection
     ended: kept by its `TargetRunner`."""
 
-    __slots__ = ("last_close", "reconnect_at", "reconnect_times", "since", "state")
+    __slots__ = ("last_close", "reconnect_times", "since", "state")
 
     def __init__(self) -> None:
         self.state = "connecting"
         self.since = time.time()
         self.last_close: dict[str, Any] | None = None
-        # The latest RECONNECTS_KEPT reconnect times, a ring of 8-byte floats made at the
-        # first reconnect (`reconnect_at`: where the next one goes once it is full).
-        self.reconnect_times: array[float] | None = None
-        self.reconnect_at = 0
+        self.reconnect_times: ReconnectTimes | None = None  # made at the first reconnect
 
     def enter(self, state: str) -> None:
         if state != self.state:
@@ -81,16 +88,12 @@ class TargetState:
     def reconnected(self) -> None:
         times = self.reconnect_times
         if times is None:
-            times = self.reconnect_times = array("d")
-        if len(times) < RECONNECTS_KEPT:
-            times.append(time.time())
-        else:
-            times[self.reconnect_at] = time.time()
-            self.reconnect_at = (self.reconnect_at + 1) % RECONNECTS_KEPT
+            times = self.reconnect_times = ReconnectTimes()
+        times.add(time.time())
 
     def reconnects_since(self, when: float) -> int:
         times = self.reconnect_times
-        return 0 if times is None else sum(1 for t in times if t >= when)
+        return 0 if times is None else sum(1 for t in times.ring if t >= when)
 
 
 def describe(runner: TargetRunner, now: float) -> dict[str, Any]:

@@ -4,6 +4,7 @@ URLs without secrets, bad parameters named."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiohttp
@@ -130,3 +131,24 @@ async def test_streams_and_their_freshness(server: WSTestServer, start_daemon: S
     # Stale after 150 ms of silence: every tick the server sent has arrived, and counts.
     assert body["targets"][0]["streams"]["ticks"]["messages"] == server.ticks_sent
     assert body["summary"]["problems"] == 1
+
+
+def test_the_rings_keep_the_latest_values_oldest_first() -> None:
+    """A probe's recent round trips and a target's reconnect times are rings: the latest
+    RECENT (and RECONNECTS_KEPT) stay, oldest first, whatever came before."""
+    from monitor import status
+
+    recent = status.Recent()
+    for i in range(status.RECENT + 7):
+        recent.add(i / 1000)
+    assert recent.values() == [i / 1000 for i in range(7, status.RECENT + 7)]
+    times = status.ReconnectTimes()
+    for i in range(status.RECONNECTS_KEPT + 10):
+        times.add(1e9 + i)  # Unix times: 8-byte floats keep them exact
+    assert times.values() == [1e9 + i for i in range(10, status.RECONNECTS_KEPT + 10)]
+    state = status.TargetState()
+    assert state.reconnects_since(0.0) == 0
+    for _ in range(status.RECONNECTS_KEPT + 10):
+        state.reconnected()
+    assert state.reconnects_since(0.0) == status.RECONNECTS_KEPT
+    assert state.reconnects_since(time.time() + 1) == 0
