@@ -212,8 +212,7 @@ _SCRIPT = """
         ...COLUMNS.slice(1).map((label) => el("td", { "data-label": label })));
       rows.set(t.name, tr);
     }
-    const stale = Object.values(t.streams || {}).some((s) => s.stale);
-    tr.className = t.state !== "connected" || !t.up || stale ? "problem" : "";
+    tr.className = t.problem ? "problem" : "";
     cells(t, at).forEach(([sig, build], i) => {
       const cell = tr.children[i];
       if (cell.wsmonSig === sig) return;

@@ -105,6 +105,7 @@ def describe(runner: TargetRunner, now: float) -> dict[str, Any]:
         "state": s.state,
         "since": round(s.since, 3),
         "up": m.up.value == 1,
+        "problem": problem(runner),
         "last_rtt_seconds": _last_rtts(m),
         "recent_rtt_seconds": {
             name: pm.recent.values() if pm.recent is not None else []

@@ -35,7 +35,7 @@ async def test_states_agree_with_wsmon_connected(
         target("lost", server.url.replace("/ws", "/ws?which=lost"), reconnect=SLOW),
         target("refused", "ws://127.0.0.1:9/ws", reconnect=SLOW),
     )
-    await h.wait_for(lambda: h.value("wsmon_connected", target="lost") == 1)
+    await h.wait_for(lambda: h.value("wsmon_up", target="lost") == 1)
     await h.wait_for(
         lambda: h.value("wsmon_probe_rtt_seconds_count", target="up", probe="ping") >= 1
     )
@@ -51,6 +51,9 @@ async def test_states_agree_with_wsmon_connected(
     assert body["summary"]["connected"] == 2
     assert body["summary"]["failed"] == 1
     assert body["targets"][0]["name"] == "refused"  # problems first
+    # `problem` is the rule the order and the summary go by (the page's red rows too)
+    assert [n for n, v in t.items() if v["problem"]] == ["refused"]
+    assert body["summary"]["problems"] == 1
 
     await server.close_all(4001, b"bye")  # both connections; "up" reconnects at once
     await h.wait_for(lambda: h.value("wsmon_connected", target="lost") == 0)
