@@ -128,14 +128,14 @@ def loads(
     for i, item in enumerate(raw_targets):
         where = f"targets[{i}]"
         name = item.get("name") if isinstance(item, dict) else None
-        # A name that is not one (`${VAR}` included: expanded, it may be) is validated here
-        # by every shard; the target is then kept by its owners only.
-        placed = isinstance(name, str) and is_name(name)
-        if owner is not None and isinstance(name, str) and placed and not owner.owns(name):
-            if name in names:
-                problems.append(_duplicate(where, name, names[name]))
+        # A name that is not one as written (`${VAR}` included: expanded, it may be) is
+        # validated here by every shard; the target is then kept by its owners only.
+        plain = name if isinstance(name, str) and is_name(name) else None
+        if owner is not None and plain is not None and not owner.owns(plain):
+            if plain in names:
+                problems.append(_duplicate(where, plain, names[plain]))
             else:
-                names[name] = i
+                names[plain] = i
             continue
         item = expand(item, where)
         if not isinstance(item, dict):
@@ -152,7 +152,7 @@ def loads(
             problems.append(_duplicate(where, target.name, names[target.name]))
         else:
             names[target.name] = i
-        if owner is not None and not placed and not owner.owns(target.name):
+        if owner is not None and plain is None and not owner.owns(target.name):
             continue
         if target.headers_file is not None:
             from_file = read_headers_file(target.headers_file, f"{where}.headers_file")
