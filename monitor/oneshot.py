@@ -27,7 +27,7 @@ from .log import redact_url
 from .probes import SEND_ERRORS, message_template
 from .proxy import Sessions
 from .replies import judge
-from .streams import subscription_of, unsubscribe_message
+from .streammsg import subscription_of, unsubscribe_message
 
 CLOSE_CODE = 1000  # a one-shot run ends normally, whatever it found
 # The close gets what is left of the deadline, but at least this long: a run that used all

@@ -23,7 +23,8 @@ from .correlation import Correlator, PongWaiters, Reply
 from .handles import TargetMetrics
 from .probes import Liveness, ProbeRun
 from .replies import parse
-from .streams import StreamRun, subscription_of
+from .streammsg import subscription_of
+from .streams import StreamRun
 
 # Close codes that never travel in a close frame (RFC 6455, section 7.4.1).
 NO_STATUS = 1005

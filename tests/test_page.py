@@ -20,7 +20,7 @@ from conftest import Harness, StartDaemon, missing, refused, target
 from prometheus_client.parser import text_string_to_metric_families
 from wsserver import WSTestServer
 
-from monitor import page as page_mod
+from monitor import pagescript
 from monitor.aiohooks import Hooks
 
 playwright = pytest.importorskip("playwright.async_api")
@@ -177,10 +177,10 @@ class TestTargets:
     ) -> None:
         """The search box and the state filter narrow the list; with more targets than a
         page holds, Next and Previous move through them, all by keyboard."""
-        names = [f"t{i:03d}" for i in range(page_mod.PAGE_SIZE + 5)]
+        names = [f"t{i:03d}" for i in range(pagescript.PAGE_SIZE + 5)]
         h = await start_daemon(*(refused(n) for n in names), refused("other"))
         page = await open_page(f"{h.base_url}/?refresh=0.5")
-        await rows(page, page_mod.PAGE_SIZE)
+        await rows(page, pagescript.PAGE_SIZE)
         assert await page.text_content("#range") == f"1\u2013100 of {len(names) + 1}"
         # Tab goes to the search box, the state filter, then the paging buttons.
         order = []
@@ -191,11 +191,11 @@ class TestTargets:
             assert outline != "none", order[-1]  # the focus is visible
         assert order == ["q", "state", "prev", "next"]
         await page.keyboard.press("Enter")  # Next
-        await rows(page, len(names) + 1 - page_mod.PAGE_SIZE)
+        await rows(page, len(names) + 1 - pagescript.PAGE_SIZE)
         assert await page.text_content("#range") == f"101\u2013106 of {len(names) + 1}"
         await page.keyboard.press("Shift+Tab")
         await page.keyboard.press("Enter")  # Previous
-        await rows(page, page_mod.PAGE_SIZE)
+        await rows(page, pagescript.PAGE_SIZE)
         await page.focus("#q")
         await page.keyboard.type("OTH")  # any case
         shown = await rows(page, 1)
