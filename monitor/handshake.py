@@ -20,7 +20,7 @@ from .correlation import Correlator
 from .fdbudget import is_resource_error
 from .handles import TargetMetrics
 from .log import redact_url
-from .proxy import TUNNEL_ERRORS
+from .proxy import tunnel_errors
 from .replies import judge_auth, parse
 
 
@@ -67,7 +67,7 @@ def classify(exc: BaseException) -> str:
     """The `reason` label of a failed handshake."""
     if is_resource_error(exc):  # out of descriptors or buffers: ours, not the peer's
         return "resource"
-    if isinstance(exc, TUNNEL_ERRORS):  # the proxy: unreachable, refused CONNECT, timed out
+    if isinstance(exc, tunnel_errors()):  # the proxy: unreachable, refused CONNECT, timed out
         return "proxy"
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout"
@@ -120,6 +120,12 @@ def tls_context(target: TargetConfig) -> ssl.SSLContext | bool:
     return client_context(t.ca_file, t.insecure_skip_verify, cert)
 
 
+# What a failed handshake raises, besides a tunnel's errors (`proxy.tunnel_errors`).
+HANDSHAKE_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Opened:
     """An open WebSocket and how its handshake went."""
@@ -142,6 +148,7 @@ async def connect(
     waiting for a handshake slot is not part of it, and the returned duration leaves out
     name resolution (its own phase).
     """
+    caught = HANDSHAKE_ERRORS + tunnel_errors()  # (a proxy's session has loaded its errors)
     async with slots:
         with Timed() as timeline:
             try:
@@ -165,9 +172,7 @@ async def connect(
                             ws_receive=None, ws_close=target.close_timeout
                         ),
                     )
-            except (
-                aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError, *TUNNEL_ERRORS
-            ) as exc:  # fmt: skip
+            except caught as exc:
                 spent = time.perf_counter() - timeline.started
                 status = getattr(exc, "status", None)  # a refused upgrade's HTTP status
                 reason, error = classify(exc), describe(exc)

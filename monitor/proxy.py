@@ -9,19 +9,31 @@ inside the tunnel with the target's own context, so its handshake is timed as wi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from aiohttp_socks import ProxyConnectionError, ProxyConnector, ProxyError, ProxyTimeoutError
 
 from .anatomy import trace_config
 from .config import TCPConfig
 from .log import redact_url
 from .sockets import socket_factory
 
-# What a failed tunnel raises (the proxy refused CONNECT, could not be reached, timed out).
-TUNNEL_ERRORS = (ProxyConnectionError, ProxyError, ProxyTimeoutError)
+if TYPE_CHECKING:
+    from aiohttp_socks import ProxyConnector
+
+NO_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def tunnel_errors() -> tuple[type[BaseException], ...]:
+    """What a failed tunnel raises (the proxy refused CONNECT, could not be reached, timed
+    out). aiohttp_socks is imported with the first tunnel (`tunnel`), so a daemon without
+    proxies never loads it; before that none of its errors can be raised, and this is ()."""
+    socks = sys.modules.get("aiohttp_socks")
+    if socks is None:
+        return NO_ERRORS
+    return (socks.ProxyConnectionError, socks.ProxyError, socks.ProxyTimeoutError)
 
 
 class Sessions:
@@ -55,6 +67,8 @@ class Sessions:
 def tunnel(proxy: str, **connector: Any) -> ProxyConnector:
     """A connector that opens every connection as a CONNECT tunnel through `proxy`
     (http://[user:password@]host:port); the target's name is resolved by the proxy."""
+    from aiohttp_socks import ProxyConnector  # only a daemon with proxies loads it
+
     return ProxyConnector.from_url(proxy, rdns=True, limit=0, limit_per_host=0, **connector)
 
 

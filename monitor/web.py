@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import bcrypt
 import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -188,6 +187,8 @@ def load_web_config(path: str | Path) -> LoadedWeb:
     dummy = None
     if cfg.basic_auth_users:
         costs = [int(_BCRYPT_RE.match(h).group(1)) for h in cfg.basic_auth_users.values()]  # type: ignore[union-attr]
+        import bcrypt  # only a web config with users loads it
+
         dummy = bcrypt.hashpw(b"wsmon-unknown-user", bcrypt.gensalt(rounds=max(costs)))
     return LoadedWeb(cfg, ctx, dummy, tuple(files))
 
@@ -359,6 +360,8 @@ class WebSecurity:
             async with self._bcrypt_slots:
                 # bcrypt runs for an unknown user too, against a hash of the same cost, so
                 # the answer's timing does not tell which user names exist.
+                import bcrypt  # loaded already, with the users
+
                 ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), target)
         finally:
             left = self._checks_by_peer[peer] - 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -119,3 +121,22 @@ def test_proxy_credentials_are_secrets() -> None:
     cfg = config_mod.loads(yaml.safe_dump(doc))
     assert cfg.targets[0].proxy == "http://user:pw-from-defaults@127.0.0.1:3128"
     assert "pw-from-defaults" in cfg.secrets
+
+
+def test_the_proxy_client_is_loaded_by_the_first_tunnel_only() -> None:
+    """A daemon without proxies never imports the tunnel's library (nor bcrypt, which only a
+    web config with users needs); the first tunnel loads it, and with it the errors a failed
+    tunnel is told by."""
+    code = (
+        "import asyncio, sys\n"
+        "from monitor import app, cli, proxy\n"
+        "print(sorted(m for m in ('aiohttp_socks', 'bcrypt') if m in sys.modules))\n"
+        "print(proxy.tunnel_errors())\n"
+        "async def tunnel(): await proxy.tunnel('http://127.0.0.1:9/').close()\n"
+        "asyncio.run(tunnel())\n"
+        "print([e.__name__ for e in proxy.tunnel_errors()])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out == ["[]", "()", "['ProxyConnectionError', 'ProxyError', 'ProxyTimeoutError']"]
