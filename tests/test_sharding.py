@@ -3,15 +3,18 @@ one-way movement when the fleet grows, balance, and the ways a shard learns its 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from monitor.cli import main
+from monitor.config.sources import parse_yaml
 from monitor.sharding import (
     Shard,
     from_hostname,
@@ -214,3 +217,34 @@ def test_a_name_made_by_a_variable_is_kept_by_its_owner_only() -> None:
             n for n in ["from-the-environment", *NAMES[:30]] if Shard(index, 3).owns(n)
         ]
     assert sum("from-the-environment" in names for names in kept) == 1
+
+
+def test_what_a_shard_keeps_shares_nothing_with_the_parsed_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shard's targets hold copies of their strings, not the parsed document's: those sit
+    among every other target's values, and would keep that memory after the document is
+    dropped (the most of it: a shard keeps a fraction of the targets, spread through it)."""
+    from monitor import config as config_mod
+    from monitor.config import loading
+    from monitor.sharding import Fixed
+
+    parsed: list[Any] = []
+
+    def keep(text: str, problems: list[str]) -> Any:
+        parsed.append(parse_yaml(text, problems))
+        return parsed[-1]
+
+    monkeypatch.setattr(loading, "parse_yaml", keep)
+    targets = [
+        {"name": n, "url": f"ws://127.0.0.1:1/{n}", "headers": {"X-Name": n}} for n in NAMES[:30]
+    ]
+    loaded = config_mod.loads(json.dumps({"targets": targets}), shard=Fixed(1, 3))
+    assert loaded.targets  # a third of them, or so
+    strings = {id(s) for t in parsed[0]["targets"] for s in (t["name"], t["url"])}
+    strings |= {id(s) for t in parsed[0]["targets"] for kv in t["headers"].items() for s in kv}
+    for t in loaded.targets:
+        kept = [t.name, t.url, *(s for kv in t.headers.items() for s in kv)]
+        assert not {id(s) for s in kept} & strings, t.name
+        assert t.headers == {"X-Name": t.name}
+        assert t.url == f"ws://127.0.0.1:1/{t.name}"

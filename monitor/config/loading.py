@@ -141,6 +141,7 @@ def loads(
         if not isinstance(item, dict):
             problems.append(f"{where}: expected a mapping with name, url and options")
             continue
+        item = _detached(item)
         try:
             target = TargetConfig.model_validate(_with_defaults(item, raw.defaults))
         except ValidationError as exc:
@@ -223,6 +224,20 @@ def _module_secrets(endpoint: ProbeEndpointConfig | None) -> set[str]:
             for name, module in endpoint.modules.items()
         ]
     )
+
+
+def _detached(node: Any) -> Any:
+    """A copy of a parsed target that shares no object with the parsed document, strings
+    included. What a target keeps (its name, URL, headers) would otherwise stay where the
+    parser put it, among the values of the targets around it, and hold that memory after the
+    document is dropped; a shard keeps only its own targets, scattered through the document."""
+    if isinstance(node, str):
+        return node.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    if isinstance(node, dict):
+        return {_detached(k): _detached(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_detached(v) for v in node]
+    return node
 
 
 # --- merging defaults into targets -----------------------------------------------------------
