@@ -5,7 +5,8 @@ exist from the start (`metrics.precreate`) is decided here."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from .config import TargetConfig
@@ -31,6 +32,7 @@ COMMON_DISCONNECTS = (
 # a rate over a series that appears at 1 misses that first increment.
 ALERT_DISCONNECTS = (("1006", "network"), ("1011", "local"))
 ALERT_CONNECT_FAILURES = ("resource",)
+NO_STREAMS: Mapping[str, StreamMetrics] = MappingProxyType({})
 # A probe as `for_target` takes it: (name, kind) or (name, kind, rtt_buckets or None).
 ProbeSpec = tuple[str, str] | tuple[str, str, tuple[float, ...] | None]
 
@@ -196,11 +198,11 @@ class TargetMetrics:
             for spec in probes
             if spec[1] != "stream"
         }
-        self.streams = {
+        self.streams: Mapping[str, StreamMetrics] = {
             spec[0]: StreamMetrics(m, target, spec[0], spec[2] if len(spec) > 2 else None)
             for spec in probes
             if spec[1] == "stream"
-        }
+        } or NO_STREAMS  # most targets have none: one shared empty mapping
         self.time_offset_value: float | None = None
         self.cert_not_after: float | None = None  # as of the latest TLS connection
         self.send_lag = m.send_lag

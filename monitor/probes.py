@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,15 +41,32 @@ def build_message(probe: ProbeConfig, correlation_field: str | None, req_id: int
     return json.dumps(body, separators=(",", ":"))
 
 
+# The builders in use, by what they build: every connection of targets that send the same
+# message shares one (an entry goes with the last connection that holds it).
+_TEMPLATES: weakref.WeakValueDictionary[tuple[str, str | None], Callable[[int], str]] = (
+    weakref.WeakValueDictionary()
+)
+
+
 def message_template(send: dict[str, Any], correlation_field: str | None) -> Callable[[int], str]:
     """A fast builder of `build_message`'s text: the JSON is serialised once, and only the
     increasing id is spliced in per send."""
+    text = json.dumps(send, separators=(",", ":"))
+    key = (text, correlation_field)
+    build = _TEMPLATES.get(key)
+    if build is None:
+        build = _TEMPLATES[key] = _template(send, text, correlation_field)
+    return build
+
+
+def _template(
+    send: dict[str, Any], text: str, correlation_field: str | None
+) -> Callable[[int], str]:
     if correlation_field is None:
-        text = json.dumps(send, separators=(",", ":"))
         return lambda _: text
     if correlation_field in send or not send:
         return lambda req_id: json.dumps({**send, correlation_field: req_id}, separators=(",", ":"))
-    head = json.dumps(send, separators=(",", ":"))[:-1] + "," + json.dumps(correlation_field) + ":"
+    head = text[:-1] + "," + json.dumps(correlation_field) + ":"
     return lambda req_id: f"{head}{req_id}}}"
 
 

@@ -9,7 +9,8 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
@@ -35,6 +36,9 @@ INTERNAL_ERROR = 1011
 THROTTLE_NAP = 0.1
 # Kinds of message handled without an await: these go to the inbox while the loop waits.
 INBOX_KINDS = frozenset({WSMsgType.TEXT, WSMsgType.PONG, WSMsgType.BINARY})
+# The stream containers of a connection without stream probes (see `Session`): shared.
+_NO_RUNS = ()
+_NO_ENTRIES: MappingProxyType[Any, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +131,18 @@ class Session:
         self.correlator = Correlator(target.correlation_field)
         self.pongs = PongWaiters()
         # Stream probes: by the id of their current subscribe, and by the subscription id
-        # their first message carried (`streams.StreamRun`).
-        self.stream_runs: list[StreamRun] = []
-        self.streams: dict[int, StreamRun] = {}
-        self.subscriptions: dict[str, StreamRun] = {}
+        # their first message carried (`streams.StreamRun`). A target without any (most)
+        # shares empty read-only ones: three containers a connection add up at thousands of
+        # targets, and nothing is added to them (an add would raise, not reach another).
+        self.stream_runs: list[StreamRun]
+        self.streams: dict[int, StreamRun]
+        self.subscriptions: dict[str, StreamRun]
+        if any(p.kind == "stream" for p in target.probes):
+            self.stream_runs, self.streams, self.subscriptions = [], {}, {}
+        else:
+            self.stream_runs = cast("list[StreamRun]", _NO_RUNS)
+            self.streams = cast("dict[int, StreamRun]", _NO_ENTRIES)
+            self.subscriptions = cast("dict[str, StreamRun]", _NO_ENTRIES)
         self._local: tuple[int, str] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._failure: str | None = None  # the first fault of our own (see `fail`)

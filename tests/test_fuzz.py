@@ -18,6 +18,7 @@ import json
 import math
 import random
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,8 @@ def test_correlator_by_id(
         else:
             assert got == "unknown_id"
     assert c.waiting == n_waiting - len(returned)
+    if n_waiting and not c.waiting:  # answered all: the table goes with the last request
+        assert sys.getsizeof(c._by_id) == sys.getsizeof({})
 
 
 @FUZZ
@@ -916,6 +919,17 @@ def test_message_template_matches_build_message(
     assert probes.message_template(send, field)(req_id) == probes.build_message(
         probe, field, req_id
     )
+
+
+def test_message_templates_are_shared_by_what_they_build() -> None:
+    """Connections that send the same message share one builder (one per target would cost
+    every target its closure); a different message, or id field, gets its own."""
+    ping = probes.message_template({"ping": 1}, "req_id")
+    assert probes.message_template({"ping": 1}, "req_id") is ping
+    assert probes.message_template({"ping": 1}, "id") is not ping
+    assert probes.message_template({"ping": 2}, "req_id") is not ping
+    assert probes.message_template({"ping": 1}, None)(7) == '{"ping":1}'
+    assert ping(7) == '{"ping":1,"req_id":7}'
 
 
 @pytest.mark.parametrize(
