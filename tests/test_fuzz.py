@@ -18,6 +18,7 @@ import json
 import math
 import random
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -788,6 +789,39 @@ def test_config_yaml_construction_errors(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         shallow(config.loads, text, "<fuzz>", env=ENV)
     assert all(p.strip() for p in info.value.problems)
+
+
+def test_aliases_inside_aliases_are_refused_before_they_are_written_out(tmp_path: Path) -> None:
+    """A few hundred bytes of aliases inside aliases ("billion laughs": 9 ** 9 values) are
+    refused at once with the reason, in a process of their own so that a regression times
+    out instead of taking the suite's memory; an alias used many times is fine."""
+    levels = ["a: &a [" + ",".join(["x"] * 9) + "]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "\n".join(levels)
+        + "\ntargets:\n  - {name: t, url: 'ws://127.0.0.1:1/', headers: {X: *i}}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "check-config", str(bomb)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert (
+        "<root>: with its aliases written out the document holds more than"
+        in out.stdout + out.stderr
+    )
+    probe = {"name": "ping", "send": {"ping": 1}, "interval": "30s"}
+    shared = yaml.safe_dump(
+        {
+            "targets": [
+                {"name": f"t{i}", "url": "ws://127.0.0.1:1/", "probes": [probe]} for i in range(500)
+            ]
+        }
+    )  # PyYAML writes the shared probe once, as an alias
+    assert "*id001" in shared
+    assert len(config.loads(shared, "<fuzz>", env=ENV).targets) == 500
 
 
 @pytest.mark.parametrize("key", ["connect_timeout", "close_timeout"])

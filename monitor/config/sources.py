@@ -19,6 +19,9 @@ from .model import TargetConfig
 
 # Config and header files are small; a larger file is a mistake, not something to read whole.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# Values a YAML document may hold with its aliases written out: more than a file of
+# MAX_CONFIG_BYTES could hold without aliases (a value takes at least two bytes).
+MAX_WRITTEN_OUT = MAX_CONFIG_BYTES // 2
 # Query parameters and header names whose values are credentials and must never be logged.
 SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "authorization", "auth", "cookie")
 
@@ -122,11 +125,13 @@ def parse_yaml(text: str, problems: list[str]) -> Any:
             pass  # not JSON, or JSON that YAML reads otherwise: the YAML loaders decide
     if FastUniqueKeyLoader is not None:
         try:
-            return yaml.load(text, Loader=FastUniqueKeyLoader)  # a CSafeLoader subclass
+            data = yaml.load(text, Loader=FastUniqueKeyLoader)  # a CSafeLoader subclass
         except (yaml.YAMLError, RecursionError, ValueError, TypeError, KeyError, AttributeError):
             pass  # the pure-Python loader below reads it again and says why
+        else:
+            return _aliases_bounded(data, problems)
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass
+        return _aliases_bounded(yaml.load(text, Loader=UniqueKeyLoader), problems)  # SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -140,6 +145,46 @@ def parse_yaml(text: str, problems: list[str]) -> Any:
         # A tagged value the loader cannot build (`!!int abc`, an impossible date, ...).
         problems.append(f"invalid YAML value: {exc}")
     return None
+
+
+def _aliases_bounded(data: Any, problems: list[str]) -> Any:
+    """The document, unless its aliases written out make it larger than MAX_WRITTEN_OUT
+    values: then None and that problem. YAML shares an alias's value, but everything that
+    reads the document afterwards (`${VAR}` expansion, validation) goes through each use of
+    it, so aliases nested in aliases ("billion laughs") would hold the daemon for good."""
+    size = written_out(data, {}, set())
+    if size > MAX_WRITTEN_OUT:
+        problems.append(
+            f"<root>: with its aliases written out the document holds more than "
+            f"{MAX_WRITTEN_OUT:,} values (aliases inside aliases multiply): write it out "
+            "or nest fewer aliases"
+        )
+        return None
+    return data
+
+
+def written_out(node: Any, sizes: dict[int, int], busy: set[int]) -> int:
+    """How many values `node` holds once every alias in it is written out, each shared
+    mapping or list counted once (`sizes`, by id), so the count costs what the document
+    does. An alias that contains itself counts once here (`expand_env` refuses it)."""
+    if not isinstance(node, dict | list):
+        return 1
+    key = id(node)
+    found = sizes.get(key)
+    if found is not None:
+        return found
+    if key in busy:
+        return 1
+    busy.add(key)
+    if isinstance(node, dict):
+        total = 1 + sum(
+            written_out(k, sizes, busy) + written_out(v, sizes, busy) for k, v in node.items()
+        )
+    else:
+        total = 1 + sum(written_out(v, sizes, busy) for v in node)
+    busy.discard(key)
+    sizes[key] = total
+    return total
 
 
 def read_headers_file(path: str, where: str) -> dict[str, str] | str:
