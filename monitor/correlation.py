@@ -86,7 +86,17 @@ class Correlator:
             with contextlib.suppress(ValueError):
                 self._in_order.remove(pending)
         else:
-            self._by_id.pop(pending.key, None)
+            self._take(pending.key)
+
+    def _take(self, key: Any) -> Pending | None:
+        """The request waiting under `key`, no longer waiting. An emptied dict keeps its
+        table, and most of the time a connection waits for nothing: the last one out gives
+        it back (`clear`), a few hundred bytes a connection."""
+        by_id = self._by_id
+        pending = by_id.pop(key, None)
+        if not by_id:
+            by_id.clear()
+        return pending
 
     def match(self, message: dict[str, Any] | None) -> Pending | str:
         """The waiting probe this message answers, or the reason it answers none."""
@@ -100,12 +110,7 @@ class Correlator:
         # bool is an int subclass; `true` must not match request 1.
         if not isinstance(key, int) or isinstance(key, bool):
             return "missing_id"
-        by_id = self._by_id
-        pending = by_id.pop(key, None)
-        if not by_id:
-            # An emptied dict keeps its table, and most of the time a connection waits for
-            # nothing: clear() gives it back (a few hundred bytes a connection).
-            by_id.clear()
+        pending = self._take(key)
         return "unknown_id" if pending is None else pending
 
     @property

@@ -23,8 +23,6 @@ from .sockets import socket_factory
 if TYPE_CHECKING:
     from aiohttp_socks import ProxyConnector
 
-NO_ERRORS: tuple[type[BaseException], ...] = ()
-
 
 def tunnel_errors() -> tuple[type[BaseException], ...]:
     """What a failed tunnel raises (the proxy refused CONNECT, could not be reached, timed
@@ -32,7 +30,7 @@ def tunnel_errors() -> tuple[type[BaseException], ...]:
     proxies never loads it; before that none of its errors can be raised, and this is ()."""
     socks = sys.modules.get("aiohttp_socks")
     if socks is None:
-        return NO_ERRORS
+        return ()
     return (socks.ProxyConnectionError, socks.ProxyError, socks.ProxyTimeoutError)
 
 

@@ -152,7 +152,7 @@ def _aliases_bounded(data: Any, problems: list[str]) -> Any:
     values: then None and that problem. YAML shares an alias's value, but everything that
     reads the document afterwards (`${VAR}` expansion, validation) goes through each use of
     it, so aliases nested in aliases ("billion laughs") would hold the daemon for good."""
-    size = written_out(data, {}, set())
+    size = _written_out(data, {}, set())
     if size > MAX_WRITTEN_OUT:
         problems.append(
             f"<root>: with its aliases written out the document holds more than "
@@ -163,7 +163,7 @@ def _aliases_bounded(data: Any, problems: list[str]) -> Any:
     return data
 
 
-def written_out(node: Any, sizes: dict[int, int], busy: set[int]) -> int:
+def _written_out(node: Any, sizes: dict[int, int], busy: set[int]) -> int:
     """How many values `node` holds once every alias in it is written out, each shared
     mapping or list counted once (`sizes`, by id), so the count costs what the document
     does. An alias that contains itself counts once here (`expand_env` refuses it)."""
@@ -178,10 +178,10 @@ def written_out(node: Any, sizes: dict[int, int], busy: set[int]) -> int:
     busy.add(key)
     if isinstance(node, dict):
         total = 1 + sum(
-            written_out(k, sizes, busy) + written_out(v, sizes, busy) for k, v in node.items()
+            _written_out(k, sizes, busy) + _written_out(v, sizes, busy) for k, v in node.items()
         )
     else:
-        total = 1 + sum(written_out(v, sizes, busy) for v in node)
+        total = 1 + sum(_written_out(v, sizes, busy) for v in node)
     busy.discard(key)
     sizes[key] = total
     return total
